@@ -1,0 +1,314 @@
+//! Shared state of one pgferry instance (configuration, credentials, pools, cancel keys,
+//! counters), the listener that accepts clients, and staged shutdown. State is passed as an
+//! `Arc<App>`; nothing is global, so tests run many instances in one process.
+
+pub mod cancel;
+
+use crate::auth::{self, ScramSecret, Secret};
+use crate::config::{Config, PoolMode};
+use crate::pool::{Pool, PoolSettings};
+use crate::server::{ServerPassword, ServerTarget};
+use arc_swap::ArcSwap;
+use cancel::CancelRegistry;
+use dashmap::DashMap;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+
+/// Errors that stop pgferry from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot read auth_file {path}: {source}")]
+    AuthFileRead {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("auth_file {path}: {source}")]
+    AuthFile {
+        path: String,
+        source: auth::AuthError,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signal(std::io::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// Process-wide counters (per-pool ones live in `PoolStats`).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub logins: AtomicU64,
+    pub login_failures: AtomicU64,
+    pub queries: AtomicU64,
+    pub transactions: AtomicU64,
+    pub peak_clients: AtomicUsize,
+}
+
+/// Shared state of one running instance.
+pub struct App {
+    pub config: ArcSwap<Config>,
+    userlist: ArcSwap<HashMap<String, Secret>>,
+    scram_cache: DashMap<String, ScramSecret>,
+    pub pools: DashMap<(String, String), Arc<Pool>>,
+    pub cancels: CancelRegistry,
+    /// Clients connected now (including those still logging in).
+    pub clients: AtomicUsize,
+    clients_gone: Notify,
+    pub counters: Counters,
+    shutdown: watch::Sender<bool>,
+}
+
+impl App {
+    pub fn new(config: Config) -> Result<Arc<App>, AppError> {
+        let userlist = load_userlist(&config)?;
+        Ok(Arc::new(App {
+            config: ArcSwap::from_pointee(config),
+            userlist: ArcSwap::from_pointee(userlist),
+            scram_cache: DashMap::new(),
+            pools: DashMap::new(),
+            cancels: CancelRegistry::default(),
+            clients: AtomicUsize::new(0),
+            clients_gone: Notify::new(),
+            counters: Counters::default(),
+            shutdown: watch::channel(false).0,
+        }))
+    }
+
+    /// The stored secret of a user (auth_file or the --upstream credentials).
+    pub fn secret(&self, user: &str) -> Option<Secret> {
+        self.userlist.load().get(user).cloned()
+    }
+
+    /// True when credentials are configured, so unknown users are refused.
+    pub fn has_userlist(&self) -> bool {
+        !self.userlist.load().is_empty()
+    }
+
+    /// The SCRAM secret for a user, derived once from a plain password and cached.
+    pub fn scram_secret(&self, user: &str, secret: &Secret) -> Option<ScramSecret> {
+        if let Secret::Plain(_) = secret {
+            if let Some(s) = self.scram_cache.get(user) {
+                return Some(s.clone());
+            }
+            let s = auth::secret_for_scram(secret)?;
+            self.scram_cache.insert(user.to_owned(), s.clone());
+            return Some(s);
+        }
+        auth::secret_for_scram(secret)
+    }
+
+    /// The pool serving `user` on logical database `db`, created on first use.
+    pub fn pool(&self, db: &str, user: &str) -> Option<Arc<Pool>> {
+        let cfg = self.config.load();
+        let dbc = cfg.databases.get(db)?;
+        let server_user = dbc.user.clone().unwrap_or_else(|| user.to_owned());
+        let key = (db.to_owned(), server_user.clone());
+        if let Some(p) = self.pools.get(&key) {
+            return Some(p.clone());
+        }
+        let password = match (&dbc.user, &dbc.password) {
+            (Some(_), Some(p)) => ServerPassword::Plain(p.clone()),
+            _ => match self.secret(&server_user) {
+                Some(Secret::Plain(p)) => ServerPassword::Plain(p),
+                Some(Secret::Md5(m)) => ServerPassword::Md5(m),
+                _ => ServerPassword::None,
+            },
+        };
+        let g = &cfg.pgferry;
+        let target = ServerTarget {
+            host: dbc.host.clone(),
+            port: dbc.port,
+            dbname: cfg.server_dbname(db).to_owned(),
+            user: server_user.clone(),
+            password,
+            connect_timeout: g.server_connect_timeout().unwrap_or(Duration::ZERO),
+            max_packet_size: g.max_packet_size as usize,
+            max_prepared: g.max_prepared_statements.max(1) as usize,
+        };
+        let settings = PoolSettings {
+            mode: cfg.pool_mode_for(db, user),
+            size: cfg.pool_size_for(db, user),
+            query_wait_timeout: cfg.query_wait_timeout_for(user),
+            server_lifetime: g.server_lifetime(),
+            server_reset_query: g.server_reset_query.clone(),
+            server_reset_query_always: g.server_reset_query_always,
+        };
+        let pool = self
+            .pools
+            .entry(key)
+            .or_insert_with(|| Pool::new(db, &server_user, target, settings))
+            .clone();
+        Some(pool)
+    }
+
+    /// A receiver that turns true when shutdown begins.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Stops accepting clients; each client is closed once it holds no open transaction.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Counts a client in (returns the number now connected).
+    pub fn client_enter(&self) -> usize {
+        let n = self.clients.fetch_add(1, Ordering::AcqRel) + 1;
+        self.counters.peak_clients.fetch_max(n, Ordering::Relaxed);
+        n
+    }
+
+    pub fn client_leave(&self) {
+        if self.clients.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.clients_gone.notify_waiters();
+        }
+    }
+
+    /// Waits until no client is connected, or the timeout passes; true if all left.
+    pub async fn wait_clients_gone(&self, timeout: Duration) -> bool {
+        let wait = async {
+            loop {
+                let notified = self.clients_gone.notified();
+                if self.clients.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok()
+    }
+
+    /// Default pool mode (for logs and the demo).
+    pub fn default_pool_mode(&self) -> PoolMode {
+        self.config.load().pgferry.pool_mode
+    }
+}
+
+fn load_userlist(config: &Config) -> Result<HashMap<String, Secret>, AppError> {
+    let mut users = HashMap::new();
+    if let Some(path) = &config.pgferry.auth_file {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| AppError::AuthFileRead {
+            path: shown.clone(),
+            source,
+        })?;
+        users = auth::parse_userlist(&text).map_err(|source| AppError::AuthFile {
+            path: shown,
+            source,
+        })?;
+    }
+    for (user, password) in &config.inline_users {
+        users.insert(user.clone(), Secret::Plain(password.clone()));
+    }
+    Ok(users)
+}
+
+/// A running instance: its address and a handle to stop it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Graceful stop: no new clients, open transactions finish (bounded by shutdown_timeout).
+    pub async fn shutdown(self) -> bool {
+        self.app.begin_shutdown();
+        let _ = self.accept.await;
+        let timeout = self
+            .app
+            .config
+            .load()
+            .pgferry
+            .shutdown_timeout()
+            .unwrap_or(Duration::from_secs(30));
+        let clean = self.app.wait_clients_gone(timeout).await;
+        for p in self.app.pools.iter() {
+            p.close_idle();
+        }
+        clean
+    }
+}
+
+/// Binds the listener and starts accepting clients.
+pub async fn start(config: Config) -> Result<Running, AppError> {
+    let addr = format!(
+        "{}:{}",
+        config.pgferry.listen_addr, config.pgferry.listen_port
+    );
+    let app = App::new(config)?;
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|source| AppError::Listen {
+            addr: addr.clone(),
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| AppError::Listen {
+        addr: addr.clone(),
+        source,
+    })?;
+    tracing::info!(%local, "pgferry listening");
+    let accept = tokio::spawn(accept_loop(app.clone(), listener));
+    Ok(Running {
+        addr: local,
+        app,
+        accept,
+    })
+}
+
+async fn accept_loop(app: Arc<App>, listener: TcpListener) {
+    let mut stop = app.shutdown_signal();
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    let app = app.clone();
+                    tokio::spawn(crate::client::serve(app, stream, peer));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            r = stop.changed() => if r.is_err() { break },
+        }
+    }
+    tracing::info!("listener closed");
+}
+
+/// Runs until a signal: SIGTERM stops accepting and lets open transactions finish (bounded by
+/// `shutdown_timeout`); SIGINT (or a second SIGTERM) exits at once.
+pub async fn run_until_signal(config: Config) -> Result<(), AppError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let running = start(config).await?;
+    let mut term = signal(SignalKind::terminate()).map_err(AppError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(AppError::Signal)?;
+    tokio::select! {
+        _ = term.recv() => {
+            tracing::info!("SIGTERM: no new clients; waiting for open transactions");
+            let graceful = running.shutdown();
+            tokio::select! {
+                clean = graceful => tracing::info!(clean, "shut down"),
+                _ = int.recv() => tracing::info!("SIGINT: exiting now"),
+                _ = term.recv() => tracing::info!("second SIGTERM: exiting now"),
+            }
+        }
+        _ = int.recv() => tracing::info!("SIGINT: exiting now"),
+    }
+    Ok(())
+}

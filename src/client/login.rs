@@ -1,0 +1,348 @@
+//! The client's way in: SSL/GSS negotiation (refused with 'N' until TLS lands), cancel
+//! requests, protocol version negotiation, limits, authentication against the configured
+//! credentials (trust, cleartext, md5, SCRAM-SHA-256), and the login reply.
+
+use super::params::ClientParams;
+use super::{refuse, ClientError};
+use crate::app::cancel::CancelSlot;
+use crate::app::App;
+use crate::auth::{self, ScramServer, Secret};
+use crate::config::AuthType;
+use crate::net::{Conn, NetError};
+use crate::pool::Pool;
+use crate::protocol::build;
+use crate::protocol::startup::{StartupMessage, StartupPacket};
+use crate::protocol::{tag, views};
+use crate::server::ServerError;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// A logged-in client, ready for its session.
+pub struct Login {
+    pub pool: Arc<Pool>,
+    pub user: String,
+    pub params: ClientParams,
+    pub pid: i32,
+    pub cancel: Arc<CancelSlot>,
+}
+
+/// Runs the startup phase under `client_login_timeout`. `Ok(None)` means the connection was
+/// fully handled here (a cancel request).
+pub async fn login(
+    app: &Arc<App>,
+    conn: &mut Conn<TcpStream>,
+    peer: SocketAddr,
+    count: usize,
+) -> Result<Option<Login>, ClientError> {
+    let timeout = app
+        .config
+        .load()
+        .pgferry
+        .client_login_timeout()
+        .unwrap_or(Duration::from_secs(24 * 3600));
+    match tokio::time::timeout(timeout, startup(app, conn, peer, count)).await {
+        Ok(r) => r,
+        Err(_) => {
+            let _ = refuse(conn, "08P01", "client_login_timeout").await;
+            Err(ClientError::LoginTimeout)
+        }
+    }
+}
+
+async fn startup(
+    app: &Arc<App>,
+    conn: &mut Conn<TcpStream>,
+    peer: SocketAddr,
+    count: usize,
+) -> Result<Option<Login>, ClientError> {
+    let msg = loop {
+        match conn.read_startup().await {
+            Ok(StartupPacket::SslRequest | StartupPacket::GssEncRequest) => {
+                conn.queue(b"N");
+                conn.flush().await?;
+            }
+            Ok(StartupPacket::Cancel { pid, secret }) => {
+                app.cancels.cancel(pid, secret).await;
+                return Ok(None);
+            }
+            Ok(StartupPacket::Startup(m)) => break m,
+            Err(NetError::Frame(e)) => {
+                refuse(conn, "08P01", &format!("invalid startup packet: {e}")).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    negotiate_version(conn, &msg).await?;
+    let cfg = app.config.load_full();
+    if count > cfg.pgferry.max_client_conn as usize {
+        refuse(
+            conn,
+            "53300",
+            "no more connections allowed (max_client_conn)",
+        )
+        .await?;
+    }
+    if app.is_shutting_down() {
+        refuse(conn, "57P03", "pgferry is shutting down").await?;
+    }
+    let Some(user) = msg
+        .param("user")
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+    else {
+        return refuse(
+            conn,
+            "28000",
+            "no PostgreSQL user name specified in startup packet",
+        )
+        .await
+        .map(|_| None);
+    };
+    if msg
+        .param("replication")
+        .is_some_and(|r| r != "false" && r != "0")
+    {
+        refuse(
+            conn,
+            "0A000",
+            "replication connections are not supported by pgferry",
+        )
+        .await?;
+    }
+    let database = msg
+        .param("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or(&user)
+        .to_owned();
+
+    if let Err(e) = authenticate(app, conn, &user, cfg.pgferry.auth_type).await {
+        app.counters.login_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%peer, %user, %database, "login failed: {e}");
+        return Err(e);
+    }
+    let Some(pool) = app.pool(&database, &user) else {
+        app.counters.login_failures.fetch_add(1, Ordering::Relaxed);
+        return refuse(
+            conn,
+            "3D000",
+            &format!("database \"{database}\" does not exist"),
+        )
+        .await
+        .map(|_| None);
+    };
+    let welcome = match pool.fetch_welcome().await {
+        Ok(w) => w,
+        Err(e) => {
+            app.counters.login_failures.fetch_add(1, Ordering::Relaxed);
+            return refuse_for_server(conn, e).await.map(|_| None);
+        }
+    };
+    let params = ClientParams::new(
+        &welcome,
+        &msg.params,
+        &cfg.pgferry.track_extra_parameters,
+        &cfg.pgferry.ignore_startup_parameters,
+    );
+    let (pid, secret, cancel) = app.cancels.register();
+    let out = conn.out();
+    build::auth_ok(out);
+    for (k, v) in params.announce(&welcome) {
+        build::parameter_status(out, &k, &v);
+    }
+    build::backend_key_data(out, pid, secret);
+    build::ready_for_query(out, b'I');
+    if let Err(e) = conn.flush().await {
+        app.cancels.unregister(pid);
+        return Err(e.into());
+    }
+    app.counters.logins.fetch_add(1, Ordering::Relaxed);
+    Ok(Some(Login {
+        pool,
+        user,
+        params,
+        pid,
+        cancel,
+    }))
+}
+
+/// Answers a request for a newer 3.x minor version or `_pq_.` options the way PostgreSQL does.
+async fn negotiate_version(
+    conn: &mut Conn<TcpStream>,
+    msg: &StartupMessage,
+) -> Result<(), ClientError> {
+    if msg.major != 3 {
+        refuse(
+            conn,
+            "0A000",
+            &format!(
+                "unsupported frontend protocol {}.{}: server supports 3.0 to 3.0",
+                msg.major, msg.minor
+            ),
+        )
+        .await?;
+    }
+    let unsupported: Vec<String> = msg
+        .params
+        .iter()
+        .filter(|(k, _)| k.starts_with("_pq_."))
+        .map(|(k, _)| k.clone())
+        .collect();
+    if msg.minor > 0 || !unsupported.is_empty() {
+        build::negotiate_protocol_version(conn.out(), 0, unsupported);
+    }
+    Ok(())
+}
+
+/// Reports a failed server checkout during login.
+pub(super) async fn refuse_for_server(
+    conn: &mut Conn<TcpStream>,
+    e: crate::pool::PoolError,
+) -> Result<(), ClientError> {
+    match e {
+        crate::pool::PoolError::Server(ServerError::Server(raw)) => {
+            conn.queue(&raw);
+            conn.flush().await?;
+            Err(ClientError::Refused(crate::server::error_message(&raw)))
+        }
+        crate::pool::PoolError::WaitTimeout => refuse(conn, "08P01", "query_wait_timeout").await,
+        e => {
+            refuse(
+                conn,
+                "08006",
+                &format!("pgferry could not connect to server: {e}"),
+            )
+            .await
+        }
+    }
+}
+
+fn password_failed(user: &str) -> String {
+    format!("password authentication failed for user \"{user}\"")
+}
+
+async fn authenticate(
+    app: &Arc<App>,
+    conn: &mut Conn<TcpStream>,
+    user: &str,
+    auth_type: AuthType,
+) -> Result<(), ClientError> {
+    let secret = app.secret(user);
+    match (auth_type, secret) {
+        (AuthType::Trust, _) if !app.has_userlist() => Ok(()),
+        (AuthType::Trust, Some(_)) => Ok(()),
+        (AuthType::Trust, None) => {
+            refuse(conn, "28000", &format!("role \"{user}\" does not exist")).await
+        }
+        (_, None) => {
+            // Ask for a password anyway so an unknown user looks like a wrong password.
+            build::auth_cleartext(conn.out());
+            conn.flush().await?;
+            let _ = read_password(conn).await?;
+            refuse(conn, "28P01", &password_failed(user)).await
+        }
+        (AuthType::Plain, Some(secret)) => {
+            build::auth_cleartext(conn.out());
+            conn.flush().await?;
+            let given = read_password(conn).await?;
+            let ok = match &secret {
+                Secret::Plain(p) => constant_time_eq(p.as_bytes(), &given),
+                Secret::Md5(m) => {
+                    let computed = postgres_protocol::password::md5(&given, user);
+                    constant_time_eq(m.as_bytes(), computed.as_bytes())
+                }
+                Secret::Scram(_) => false,
+            };
+            if ok {
+                Ok(())
+            } else {
+                refuse(conn, "28P01", &password_failed(user)).await
+            }
+        }
+        (AuthType::Md5, Some(Secret::Scram(s))) => scram(conn, user, s).await,
+        (AuthType::Md5, Some(secret)) => {
+            let salt: [u8; 4] = rand::random();
+            build::auth_md5(conn.out(), salt);
+            conn.flush().await?;
+            let given = read_password(conn).await?;
+            if auth::md5_verify(&secret, user, salt, &given) {
+                Ok(())
+            } else {
+                refuse(conn, "28P01", &password_failed(user)).await
+            }
+        }
+        (AuthType::ScramSha256, Some(secret)) => match app.scram_secret(user, &secret) {
+            Some(s) => scram(conn, user, s).await,
+            None => refuse(conn, "28P01", &password_failed(user)).await,
+        },
+    }
+}
+
+/// Reads a PasswordMessage body without its trailing NUL.
+async fn read_password(conn: &mut Conn<TcpStream>) -> Result<Vec<u8>, ClientError> {
+    let f = conn.read_frame().await?;
+    if f.tag() != tag::PASSWORD {
+        return refuse(conn, "08P01", "expected a password message")
+            .await
+            .map(|_| Vec::new());
+    }
+    let body = f.body();
+    Ok(body.strip_suffix(&[0]).unwrap_or(body).to_vec())
+}
+
+async fn scram(
+    conn: &mut Conn<TcpStream>,
+    user: &str,
+    secret: auth::ScramSecret,
+) -> Result<(), ClientError> {
+    build::auth_sasl(conn.out());
+    conn.flush().await?;
+    let f = conn.read_frame().await?;
+    if f.tag() != tag::PASSWORD {
+        return refuse(conn, "08P01", "expected SASL response").await;
+    }
+    // SASLInitialResponse: mechanism name, then the length-prefixed client-first-message.
+    let body = f.body();
+    let Some((mech, rest)) = views::split_cstr(body) else {
+        return refuse(conn, "08P01", "malformed SASLInitialResponse").await;
+    };
+    if mech != b"SCRAM-SHA-256" {
+        return refuse(
+            conn,
+            "28000",
+            "client selected an invalid SASL authentication mechanism",
+        )
+        .await;
+    }
+    let Some(data) = rest.get(4..) else {
+        return refuse(conn, "08P01", "malformed SASLInitialResponse").await;
+    };
+    let mut server = ScramServer::new(secret);
+    let first = match server.client_first(data) {
+        Ok(m) => m,
+        Err(e) => return refuse(conn, "08P01", &format!("malformed SCRAM message: {e}")).await,
+    };
+    build::auth_sasl_continue(conn.out(), first);
+    conn.flush().await?;
+    let f = conn.read_frame().await?;
+    if f.tag() != tag::PASSWORD {
+        return refuse(conn, "08P01", "expected SASL response").await;
+    }
+    match server.client_final(f.body()) {
+        Ok(fin) => {
+            build::auth_sasl_final(conn.out(), fin);
+            Ok(())
+        }
+        Err(auth::AuthError::PasswordMismatch) => {
+            refuse(conn, "28P01", &password_failed(user)).await
+        }
+        Err(e) => refuse(conn, "08P01", &format!("malformed SCRAM message: {e}")).await,
+    }
+}
+
+/// Compares secrets without an early exit, so timing reveals nothing about where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

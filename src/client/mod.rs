@@ -1,0 +1,80 @@
+//! One task per client: startup negotiation, authentication, login, then the session loop
+//! (`session`) that routes the client's messages to pooled server connections.
+
+mod login;
+pub mod params;
+mod session;
+pub mod statements;
+
+use crate::app::App;
+use crate::net::{Conn, NetError};
+use crate::protocol::build::{self, Severity};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpStream;
+
+/// How a client connection ended badly (logged; the client was already told if possible).
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error("{0}")]
+    Refused(String),
+    #[error("client_login_timeout")]
+    LoginTimeout,
+}
+
+impl From<std::io::Error> for ClientError {
+    fn from(e: std::io::Error) -> Self {
+        ClientError::Net(NetError::Io(e))
+    }
+}
+
+/// Serves one accepted client connection to its end.
+pub async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let count = app.client_enter();
+    let max_packet = app.config.load().pgferry.max_packet_size as usize;
+    let mut conn = Conn::new(stream, max_packet);
+    let result = session_for(&app, &mut conn, peer, count).await;
+    if let Err(e) = result {
+        match e {
+            ClientError::Net(NetError::Closed) => {}
+            e => tracing::debug!(%peer, error = %e, "client connection ended"),
+        }
+    }
+    conn.close().await;
+    app.client_leave();
+}
+
+async fn session_for(
+    app: &Arc<App>,
+    conn: &mut Conn<TcpStream>,
+    peer: SocketAddr,
+    count: usize,
+) -> Result<(), ClientError> {
+    let Some(login) = login::login(app, conn, peer, count).await? else {
+        return Ok(()); // a cancel request or a refused login, already answered
+    };
+    let db = login.pool.database.clone();
+    let user = login.user.clone();
+    if app.config.load().pgferry.log_connections {
+        tracing::info!(%peer, %db, %user, "login");
+    }
+    let r = session::run(app, conn, login).await;
+    if app.config.load().pgferry.log_disconnections {
+        tracing::info!(%peer, %db, %user, outcome = %match &r { Ok(()) => "closed".to_owned(), Err(e) => e.to_string() }, "logout");
+    }
+    r
+}
+
+/// Sends an error and marks the connection for closing.
+pub(crate) async fn refuse(
+    conn: &mut Conn<TcpStream>,
+    code: &str,
+    message: &str,
+) -> Result<(), ClientError> {
+    build::error(conn.out(), Severity::Fatal, code, message);
+    conn.flush().await?;
+    Err(ClientError::Refused(message.to_owned()))
+}

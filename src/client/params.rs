@@ -1,0 +1,211 @@
+//! The session parameters one client expects (client_encoding, DateStyle, TimeZone,
+//! IntervalStyle, application_name, standard_conforming_strings, track_extra_parameters,
+//! search_path, and any GUC it sent at startup), and the SQL that makes a server connection
+//! match them before the client uses it.
+
+use crate::server::{quote_literal, ServerConn};
+
+/// Parameters tracked for every client (lowercase).
+const TRACKED: &[&str] = &[
+    "client_encoding",
+    "datestyle",
+    "timezone",
+    "intervalstyle",
+    "application_name",
+    "standard_conforming_strings",
+    "search_path",
+];
+
+/// Startup parameters that are not session settings.
+const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
+
+/// What one client expects of the server it is given (lowercase name → value).
+#[derive(Debug, Default, Clone)]
+pub struct ClientParams {
+    wanted: Vec<(String, String)>,
+    extra_tracked: Vec<String>,
+}
+
+impl ClientParams {
+    /// Starts from the pool's welcome parameters and the client's startup parameters.
+    pub fn new(
+        welcome: &[(String, String)],
+        startup: &[(String, String)],
+        extra_tracked: &[String],
+        ignored: &[String],
+    ) -> Self {
+        let mut p = ClientParams {
+            wanted: Vec::new(),
+            extra_tracked: extra_tracked
+                .iter()
+                .map(|s| s.to_ascii_lowercase())
+                .collect(),
+        };
+        for (k, v) in welcome {
+            let lower = k.to_ascii_lowercase();
+            if p.is_tracked(&lower) {
+                p.set(lower, v.clone());
+            }
+        }
+        for (k, v) in startup_settings(startup) {
+            let lower = k.to_ascii_lowercase();
+            if NOT_SETTINGS.contains(&lower.as_str())
+                || ignored.iter().any(|i| i.eq_ignore_ascii_case(&lower))
+            {
+                continue;
+            }
+            p.set(lower, v);
+        }
+        p
+    }
+
+    fn is_tracked(&self, lower: &str) -> bool {
+        TRACKED.contains(&lower) || self.extra_tracked.iter().any(|e| e == lower)
+    }
+
+    pub fn get(&self, lower: &str) -> Option<&str> {
+        self.wanted
+            .iter()
+            .find(|(k, _)| k == lower)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn set(&mut self, lower: String, value: String) {
+        match self.wanted.iter_mut().find(|(k, _)| *k == lower) {
+            Some(slot) => slot.1 = value,
+            None => self.wanted.push((lower, value)),
+        }
+    }
+
+    /// Records a ParameterStatus the client's server sent while the client held it.
+    pub fn note_reported(&mut self, name: &str, value: &str) {
+        let lower = name.to_ascii_lowercase();
+        if self.is_tracked(&lower) || self.get(&lower).is_some() {
+            self.set(lower, value.to_owned());
+        }
+    }
+
+    /// The SQL that makes `server` match this client, or None when it already does.
+    pub fn sync_sql(&self, server: &ServerConn) -> Option<String> {
+        let mut sets = Vec::new();
+        for (k, v) in &self.wanted {
+            if server.param(k) != Some(v.as_str()) {
+                sets.push(format!(
+                    "set_config({}, {}, false)",
+                    quote_literal(k),
+                    quote_literal(v)
+                ));
+            }
+        }
+        let mut sql = String::new();
+        if !sets.is_empty() {
+            sql.push_str("SELECT ");
+            sql.push_str(&sets.join(", "));
+            sql.push(';');
+        }
+        for k in server.unreported.keys() {
+            if self.get(k).is_none() {
+                // Names come from the client's own settings and were accepted by set_config
+                // before; quote them as identifiers all the same.
+                sql.push_str(&format!("RESET \"{}\";", k.replace('"', "\"\"")));
+            }
+        }
+        (!sql.is_empty()).then_some(sql)
+    }
+
+    /// After a successful sync: remember what the server now has, and adopt the server's
+    /// canonical spelling of reported values (`ISO` → `ISO, MDY`).
+    pub fn after_sync(&mut self, server: &mut ServerConn) {
+        server
+            .unreported
+            .retain(|k, _| self.wanted.iter().any(|(w, _)| w == k));
+        for (k, v) in &mut self.wanted {
+            if server.is_reported(k) {
+                if let Some(actual) = server.param(k) {
+                    *v = actual.to_owned();
+                }
+            } else {
+                server.unreported.insert(k.clone(), v.clone());
+            }
+        }
+    }
+
+    /// ParameterStatus values to announce at login: the welcome set with the client's own.
+    pub fn announce(&self, welcome: &[(String, String)]) -> Vec<(String, String)> {
+        welcome
+            .iter()
+            .map(|(k, v)| {
+                let own = self.get(&k.to_ascii_lowercase()).unwrap_or(v);
+                (k.clone(), own.to_owned())
+            })
+            .collect()
+    }
+}
+
+/// Startup parameters as settings, with `options=-c a=b --c=d` expanded.
+fn startup_settings(startup: &[(String, String)]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (k, v) in startup {
+        if k == "options" {
+            let mut words = v.split_ascii_whitespace();
+            while let Some(w) = words.next() {
+                let setting = if w == "-c" {
+                    words.next()
+                } else if let Some(rest) = w.strip_prefix("-c") {
+                    Some(rest)
+                } else {
+                    w.strip_prefix("--")
+                };
+                if let Some((name, value)) = setting.and_then(|s| s.split_once('=')) {
+                    out.push((name.replace('-', "_"), value.to_owned()));
+                }
+            }
+        } else {
+            out.push((k.clone(), v.clone()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(a: &str, b: &str) -> (String, String) {
+        (a.to_owned(), b.to_owned())
+    }
+
+    #[test]
+    fn startup_overrides_welcome_and_options_expand() {
+        let welcome = vec![
+            s("TimeZone", "UTC"),
+            s("server_version", "15"),
+            s("application_name", ""),
+        ];
+        let startup = vec![
+            s("user", "app"),
+            s("application_name", "web"),
+            s("options", "-c statement_timeout=5s --search-path=a,b"),
+        ];
+        let p = ClientParams::new(&welcome, &startup, &[], &[]);
+        assert_eq!(p.get("timezone"), Some("UTC"));
+        assert_eq!(p.get("application_name"), Some("web"));
+        assert_eq!(p.get("statement_timeout"), Some("5s"));
+        assert_eq!(p.get("search_path"), Some("a,b"));
+        assert_eq!(p.get("server_version"), None);
+        assert_eq!(p.get("user"), None);
+        let ann = p.announce(&welcome);
+        assert!(ann.contains(&s("application_name", "web")));
+    }
+
+    #[test]
+    fn ignored_startup_parameters_are_dropped() {
+        let p = ClientParams::new(
+            &[],
+            &[s("extra_float_digits", "3")],
+            &[],
+            &["extra_float_digits".into()],
+        );
+        assert_eq!(p.get("extra_float_digits"), None);
+    }
+}

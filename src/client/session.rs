@@ -1,0 +1,841 @@
+//! The session loop of one logged-in client. Client messages are routed to a server
+//! connection borrowed from the pool (per pool mode) and server replies are forwarded as they
+//! come. In transaction and statement mode the loop also keeps the client's named prepared
+//! statements (renamed and prepared lazily on each server), re-applies the client's parameters
+//! on every server it gets, and answers locally what no server needs to see.
+
+use super::login::Login;
+use super::params::ClientParams;
+use super::statements::{Statements, Stmt};
+use super::ClientError;
+use crate::app::cancel::{CancelSlot, CancelTarget};
+use crate::app::App;
+use crate::config::PoolMode;
+use crate::net::{Conn, NetError};
+use crate::pool::{Checkout, Pool, PoolError};
+use crate::protocol::build::{self, Severity};
+use crate::protocol::views::{self, BindView, ParseView, TargetView};
+use crate::protocol::{tag, Frame};
+use crate::server::prepared::server_name;
+use crate::server::ServerError;
+use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+/// A request sent to the server (or answered locally) whose reply is still to come, in order.
+#[derive(Debug)]
+enum Pending {
+    /// `hidden`: injected by pgferry, its ParseComplete is not shown to the client.
+    /// `id`: pgferry statement registered on the server by this Parse (undone on error).
+    /// `name`: client statement name created by this Parse (undone on error).
+    Parse {
+        hidden: bool,
+        id: Option<u64>,
+        name: Option<Box<[u8]>>,
+    },
+    Bind,
+    Describe,
+    Execute,
+    Close {
+        hidden: bool,
+    },
+    Sync,
+    /// A simple Query or FunctionCall: answered up to its ReadyForQuery.
+    Query,
+    /// A reply pgferry makes itself, sent when everything before it has been answered.
+    Local(Bytes),
+}
+
+impl Pending {
+    fn ends_at_ready(&self) -> bool {
+        matches!(self, Pending::Sync | Pending::Query)
+    }
+}
+
+enum Flow {
+    Continue,
+    Exit,
+}
+
+struct Session<'a> {
+    app: &'a Arc<App>,
+    client: &'a mut Conn<TcpStream>,
+    pool: Arc<Pool>,
+    mode: PoolMode,
+    /// Rename protocol-level statements (transaction and statement mode).
+    rewrite: bool,
+    server: Option<Checkout>,
+    params: ClientParams,
+    stmts: Statements,
+    pending: VecDeque<Pending>,
+    /// Extended-protocol messages went to the server since the last Sync.
+    unsynced: bool,
+    /// A locally raised error: drop messages until Sync, as PostgreSQL does.
+    skipping: bool,
+    /// The server already reported an error for the current request.
+    errored: bool,
+    /// Transaction status last reported to the client.
+    tx: u8,
+    /// The client may have changed search_path (not reported by the server): re-read it
+    /// before the server is given back.
+    search_path_dirty: bool,
+    cancel: Arc<CancelSlot>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Runs a logged-in client's session until it ends.
+pub async fn run(
+    app: &Arc<App>,
+    client: &mut Conn<TcpStream>,
+    login: Login,
+) -> Result<(), ClientError> {
+    let mode = login.pool.settings.mode;
+    let pid = login.pid;
+    let mut s = Session {
+        app,
+        client,
+        mode,
+        rewrite: mode != PoolMode::Session,
+        pool: login.pool,
+        server: None,
+        params: login.params,
+        stmts: Statements::default(),
+        pending: VecDeque::new(),
+        unsynced: false,
+        skipping: false,
+        errored: false,
+        tx: b'I',
+        search_path_dirty: false,
+        cancel: login.cancel,
+        shutdown: app.shutdown_signal(),
+    };
+    let r = s.run_loop().await;
+    s.finish().await;
+    app.cancels.unregister(pid);
+    r
+}
+
+impl Session<'_> {
+    async fn run_loop(&mut self) -> Result<(), ClientError> {
+        let mut watch_shutdown = true;
+        loop {
+            if let Some(c) = self.server.as_mut() {
+                match c.conn().conn.try_frame() {
+                    Ok(Some(f)) => {
+                        self.on_server_frame(f).await?;
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.server_lost(&NetError::Frame(e)).await?;
+                        continue;
+                    }
+                }
+            }
+            match self.client.try_frame() {
+                Ok(Some(f)) => {
+                    if let Flow::Exit = self.on_client_frame(f).await? {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => return self.protocol_violation(&e.to_string()).await,
+            }
+            // Nothing complete is buffered on either side: send what is queued, then wait.
+            self.client.flush().await?;
+            if let Some(c) = self.server.as_mut() {
+                if c.conn().conn.pending_out() > 0 {
+                    if let Err(e) = c.conn().conn.flush().await {
+                        self.server_lost(&NetError::Io(e)).await?;
+                        continue;
+                    }
+                }
+            }
+            if *self.shutdown.borrow() && self.is_idle() {
+                build::error(
+                    self.client.out(),
+                    Severity::Fatal,
+                    "57P01",
+                    "terminating connection due to administrator command",
+                );
+                return Ok(());
+            }
+            if self.server.is_none() {
+                self.client.shrink();
+            }
+            let server_err = match self.server.as_mut() {
+                Some(c) => {
+                    let sconn = &mut c.conn().conn;
+                    tokio::select! {
+                        r = self.client.fill() => { r?; None }
+                        r = sconn.fill() => r.err(),
+                        r = self.shutdown.changed(), if watch_shutdown => {
+                            watch_shutdown = r.is_ok();
+                            None
+                        }
+                    }
+                }
+                None => {
+                    tokio::select! {
+                        r = self.client.fill() => { r?; None }
+                        r = self.shutdown.changed(), if watch_shutdown => {
+                            watch_shutdown = r.is_ok();
+                            None
+                        }
+                    }
+                }
+            };
+            if let Some(e) = server_err {
+                self.server_lost(&e).await?;
+            }
+        }
+    }
+
+    /// No request outstanding and no transaction open.
+    fn is_idle(&self) -> bool {
+        self.pending.is_empty() && !self.unsynced && self.tx == b'I'
+    }
+
+    async fn protocol_violation(&mut self, why: &str) -> Result<(), ClientError> {
+        build::error(self.client.out(), Severity::Fatal, "08P01", why);
+        self.client.flush().await?;
+        Err(ClientError::Refused(why.to_owned()))
+    }
+
+    // ----- client → server -------------------------------------------------------------
+
+    async fn on_client_frame(&mut self, f: Frame) -> Result<Flow, ClientError> {
+        let t = f.tag();
+        if t == tag::TERMINATE {
+            return Ok(Flow::Exit);
+        }
+        if self.skipping && t != tag::SYNC {
+            return Ok(Flow::Continue);
+        }
+        match t {
+            tag::QUERY => {
+                self.app.counters.queries.fetch_add(1, Ordering::Relaxed);
+                let Ok(q) = views::query_text(f.body()) else {
+                    self.protocol_violation("malformed Query message").await?;
+                    return Ok(Flow::Exit);
+                };
+                if self.rewrite && mentions_search_path(q) {
+                    self.search_path_dirty = true;
+                }
+                if self.ensure_server(false).await? {
+                    self.forward(&f, Some(Pending::Query));
+                }
+            }
+            tag::FUNCTION_CALL => {
+                if self.ensure_server(false).await? {
+                    self.forward(&f, Some(Pending::Query));
+                }
+            }
+            tag::PARSE => self.on_parse(&f).await?,
+            tag::BIND => self.on_bind(&f).await?,
+            tag::DESCRIBE => self.on_describe(&f).await?,
+            tag::EXECUTE => {
+                self.app.counters.queries.fetch_add(1, Ordering::Relaxed);
+                if self.ensure_server(true).await? {
+                    self.forward(&f, Some(Pending::Execute));
+                    self.unsynced = true;
+                }
+            }
+            tag::CLOSE => self.on_close(&f).await?,
+            tag::SYNC => {
+                self.skipping = false;
+                if self.server.is_some() {
+                    self.forward(&f, Some(Pending::Sync));
+                    self.unsynced = false;
+                } else {
+                    let mut b = BytesMut::new();
+                    build::ready_for_query(&mut b, self.tx);
+                    self.local(b.freeze());
+                }
+            }
+            tag::FLUSH => {
+                if self.server.is_some() {
+                    self.forward(&f, None);
+                }
+            }
+            tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => {
+                if self.server.is_some() {
+                    self.forward(&f, None);
+                    self.flush_server_if_full().await?;
+                }
+            }
+            other => {
+                let why = format!("invalid frontend message type {}", other as char);
+                self.protocol_violation(&why).await?;
+                return Ok(Flow::Exit);
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn on_parse(&mut self, f: &Frame) -> Result<(), ClientError> {
+        let Ok(p) = ParseView::new(f.body()) else {
+            return self.protocol_violation("malformed Parse message").await;
+        };
+        if self.rewrite && mentions_search_path(p.query) {
+            self.search_path_dirty = true;
+        }
+        if !self.rewrite || p.name.is_empty() {
+            if self.ensure_server(true).await? {
+                self.forward(
+                    f,
+                    Some(Pending::Parse {
+                        hidden: false,
+                        id: None,
+                        name: None,
+                    }),
+                );
+                self.unsynced = true;
+            }
+            return Ok(());
+        }
+        if self.stmts.contains(p.name) {
+            let msg = format!(
+                "prepared statement \"{}\" already exists",
+                String::from_utf8_lossy(p.name)
+            );
+            self.local_error("42P05", &msg);
+            return Ok(());
+        }
+        let stmt = Arc::new(Stmt::from_parse(&p));
+        if !self.ensure_server(true).await? {
+            return Ok(());
+        }
+        self.stmts.insert(p.name, stmt.clone());
+        let c = self.server_conn();
+        if c.prepared.touch(stmt.id) {
+            let mut b = BytesMut::new();
+            build::parse_complete(&mut b);
+            self.local(b.freeze());
+        } else {
+            self.register_on_server(&stmt, false, Some(p.name.into()));
+        }
+        self.unsynced = true;
+        Ok(())
+    }
+
+    /// Queues the statement's Parse on the current server (closing the least recently used
+    /// statement first if the server is at max_prepared_statements).
+    fn register_on_server(&mut self, stmt: &Stmt, hidden: bool, name: Option<Box<[u8]>>) {
+        let Some(c) = self.server.as_mut() else {
+            return;
+        };
+        let sc = c.conn();
+        if let Some(evicted) = sc.prepared.insert(stmt.id) {
+            sc.conn.queue(&views::rewrite_target(
+                tag::CLOSE,
+                b'S',
+                &server_name(evicted),
+            ));
+            self.pending.push_back(Pending::Close { hidden: true });
+        }
+        sc.conn.queue(&stmt.parse);
+        self.pending.push_back(Pending::Parse {
+            hidden,
+            id: Some(stmt.id),
+            name,
+        });
+    }
+
+    /// Makes sure the current server has the statement, preparing it invisibly if not.
+    fn ensure_prepared(&mut self, stmt: &Stmt) {
+        if !self.server_conn().prepared.touch(stmt.id) {
+            self.register_on_server(stmt, true, None);
+        }
+    }
+
+    /// The client's statement by name, or a 26000 error (and skip to Sync) if unknown.
+    fn lookup(&mut self, name: &[u8]) -> Option<Arc<Stmt>> {
+        let found = self.stmts.get(name).cloned();
+        if found.is_none() {
+            let msg = format!(
+                "prepared statement \"{}\" does not exist",
+                String::from_utf8_lossy(name)
+            );
+            self.local_error("26000", &msg);
+        }
+        found
+    }
+
+    async fn on_bind(&mut self, f: &Frame) -> Result<(), ClientError> {
+        let Ok(b) = BindView::new(f.body()) else {
+            return self.protocol_violation("malformed Bind message").await;
+        };
+        if !self.rewrite || b.statement.is_empty() {
+            if self.ensure_server(true).await? {
+                self.forward(f, Some(Pending::Bind));
+                self.unsynced = true;
+            }
+            return Ok(());
+        }
+        let Some(stmt) = self.lookup(b.statement) else {
+            return Ok(());
+        };
+        if !self.ensure_server(true).await? {
+            return Ok(());
+        }
+        self.ensure_prepared(&stmt);
+        let raw = views::rewrite_bind(&b, &stmt.server_name());
+        self.server_conn().conn.queue(&raw);
+        self.pending.push_back(Pending::Bind);
+        self.unsynced = true;
+        Ok(())
+    }
+
+    async fn on_describe(&mut self, f: &Frame) -> Result<(), ClientError> {
+        let Ok(d) = TargetView::new(f.body()) else {
+            return self.protocol_violation("malformed Describe message").await;
+        };
+        if !self.rewrite || d.kind != b'S' || d.name.is_empty() {
+            if self.ensure_server(true).await? {
+                self.forward(f, Some(Pending::Describe));
+                self.unsynced = true;
+            }
+            return Ok(());
+        }
+        let Some(stmt) = self.lookup(d.name) else {
+            return Ok(());
+        };
+        if !self.ensure_server(true).await? {
+            return Ok(());
+        }
+        self.ensure_prepared(&stmt);
+        let raw = views::rewrite_target(tag::DESCRIBE, b'S', &stmt.server_name());
+        self.server_conn().conn.queue(&raw);
+        self.pending.push_back(Pending::Describe);
+        self.unsynced = true;
+        Ok(())
+    }
+
+    async fn on_close(&mut self, f: &Frame) -> Result<(), ClientError> {
+        let Ok(c) = TargetView::new(f.body()) else {
+            return self.protocol_violation("malformed Close message").await;
+        };
+        if self.rewrite && c.kind == b'S' && !c.name.is_empty() {
+            // The server keeps the statement for reuse; only the client's name goes away.
+            self.stmts.remove(c.name);
+        } else if self.server.is_some() {
+            self.forward(f, Some(Pending::Close { hidden: false }));
+            self.unsynced = true;
+            return Ok(());
+        }
+        let mut b = BytesMut::new();
+        build::close_complete(&mut b);
+        self.local(b.freeze());
+        Ok(())
+    }
+
+    fn server_conn(&mut self) -> &mut crate::server::ServerConn {
+        match self.server.as_mut() {
+            Some(c) => c.conn(),
+            None => unreachable!("server_conn called without a server"),
+        }
+    }
+
+    fn forward(&mut self, f: &Frame, p: Option<Pending>) {
+        if let Some(c) = self.server.as_mut() {
+            c.conn().conn.queue(f.raw());
+            if let Some(p) = p {
+                self.pending.push_back(p);
+            }
+        }
+    }
+
+    async fn flush_server_if_full(&mut self) -> Result<(), ClientError> {
+        let r = match self.server.as_mut() {
+            Some(c) => c.conn().conn.flush_if_full().await,
+            None => Ok(()),
+        };
+        if let Err(e) = r {
+            self.server_lost(&NetError::Io(e)).await?;
+        }
+        Ok(())
+    }
+
+    /// A reply pgferry makes itself, kept in order behind outstanding server replies.
+    fn local(&mut self, reply: Bytes) {
+        if self.pending.is_empty() {
+            self.client.queue(&reply);
+        } else {
+            self.pending.push_back(Pending::Local(reply));
+        }
+    }
+
+    /// An error raised by pgferry in the extended protocol: reported in order, then the
+    /// client's messages are ignored up to its Sync, as PostgreSQL does.
+    fn local_error(&mut self, code: &str, msg: &str) {
+        let mut b = BytesMut::new();
+        build::error(&mut b, Severity::Error, code, msg);
+        self.local(b.freeze());
+        self.skipping = true;
+    }
+
+    /// Gets a server for the client if it has none. Returns false when none could be had and
+    /// the client was told so (the session goes on).
+    async fn ensure_server(&mut self, extended: bool) -> Result<bool, ClientError> {
+        if self.server.is_some() {
+            return Ok(true);
+        }
+        let mut c = match self.pool.checkout().await {
+            Ok(c) => c,
+            Err(PoolError::WaitTimeout) => {
+                build::error(
+                    self.client.out(),
+                    Severity::Fatal,
+                    "08P01",
+                    "query_wait_timeout",
+                );
+                self.client.flush().await?;
+                return Err(ClientError::Refused("query_wait_timeout".into()));
+            }
+            Err(PoolError::Server(ServerError::Server(raw))) => {
+                // The server refused pgferry's login (e.g. the database is gone): every
+                // query would fail the same way, so end the session with the server's words.
+                self.client.queue(&raw);
+                self.client.flush().await?;
+                return Err(ClientError::Refused(crate::server::error_message(&raw)));
+            }
+            Err(e) => {
+                tracing::warn!(db = %self.pool.database, error = %e, "no server connection");
+                let msg = format!("pgferry could not connect to server: {e}");
+                if extended {
+                    self.local_error("08006", &msg);
+                } else {
+                    build::error(self.client.out(), Severity::Error, "08006", &msg);
+                    build::ready_for_query(self.client.out(), self.tx);
+                }
+                return Ok(false);
+            }
+        };
+        if let Some(sql) = self.params.sync_sql(c.conn_ref()) {
+            match c.conn().hidden_query(&sql).await {
+                Ok((_, b'I')) => self.params.after_sync(c.conn()),
+                Ok(_) => {
+                    return self
+                        .protocol_violation(
+                            "server left a transaction open while applying parameters",
+                        )
+                        .await
+                        .map(|_| false)
+                }
+                Err(ServerError::Server(raw)) => {
+                    // The client's own settings are invalid (e.g. a bad TimeZone at startup).
+                    c.release();
+                    self.client.queue(&raw);
+                    self.client.flush().await?;
+                    return Err(ClientError::Refused(crate::server::error_message(&raw)));
+                }
+                Err(e) => {
+                    drop(c);
+                    let msg = format!("pgferry could not prepare server connection: {e}");
+                    build::error(self.client.out(), Severity::Error, "08006", &msg);
+                    if extended {
+                        self.skipping = true;
+                    } else {
+                        build::ready_for_query(self.client.out(), self.tx);
+                    }
+                    return Ok(false);
+                }
+            }
+        }
+        let sc = c.conn_ref();
+        self.cancel
+            .set(Some(CancelTarget {
+                addr: sc.addr,
+                pid: sc.pid,
+                secret: sc.secret,
+            }))
+            .await;
+        self.server = Some(c);
+        Ok(true)
+    }
+
+    // ----- server → client -------------------------------------------------------------
+
+    async fn on_server_frame(&mut self, f: Frame) -> Result<(), ClientError> {
+        match f.tag() {
+            tag::NOTICE_RESPONSE | tag::NOTIFICATION_RESPONSE => self.client.queue(f.raw()),
+            tag::PARAMETER_STATUS => {
+                if let Some((name, value)) = self.server_conn().note_parameter(&f) {
+                    self.params.note_reported(&name, &value);
+                }
+                self.client.queue(f.raw());
+            }
+            tag::READY_FOR_QUERY => return self.on_ready(f).await,
+            tag::ERROR_RESPONSE => {
+                // In the extended protocol the server now skips everything up to Sync.
+                if !matches!(self.pending.front(), Some(Pending::Query) | None) {
+                    while let Some(p) = self.pending.front() {
+                        if p.ends_at_ready() {
+                            break;
+                        }
+                        if let Some(p) = self.pending.pop_front() {
+                            self.undo(p);
+                        }
+                    }
+                }
+                self.errored = true;
+                self.client.queue(f.raw());
+            }
+            tag::PARSE_COMPLETE => match self.pending.pop_front() {
+                Some(Pending::Parse { hidden, .. }) => {
+                    if !hidden {
+                        self.client.queue(f.raw());
+                    }
+                }
+                _ => return self.desync("ParseComplete").await,
+            },
+            tag::BIND_COMPLETE => match self.pending.pop_front() {
+                Some(Pending::Bind) => self.client.queue(f.raw()),
+                _ => return self.desync("BindComplete").await,
+            },
+            tag::CLOSE_COMPLETE => match self.pending.pop_front() {
+                Some(Pending::Close { hidden }) => {
+                    if !hidden {
+                        self.client.queue(f.raw());
+                    }
+                }
+                _ => return self.desync("CloseComplete").await,
+            },
+            tag::ROW_DESCRIPTION | tag::NO_DATA => {
+                if matches!(self.pending.front(), Some(Pending::Describe)) {
+                    self.pending.pop_front();
+                }
+                self.client.queue(f.raw());
+            }
+            tag::COMMAND_COMPLETE | tag::EMPTY_QUERY | tag::PORTAL_SUSPENDED => {
+                if f.tag() == tag::COMMAND_COMPLETE {
+                    self.on_command_tag(views::command_tag(f.body()));
+                }
+                if matches!(self.pending.front(), Some(Pending::Execute)) {
+                    self.pending.pop_front();
+                }
+                self.client.queue(f.raw());
+            }
+            tag::BACKEND_KEY_DATA | tag::AUTHENTICATION => {
+                return self.desync("login message in a session").await
+            }
+            _ => self.client.queue(f.raw()),
+        }
+        self.drain_local();
+        self.client.flush_if_full().await?;
+        Ok(())
+    }
+
+    async fn on_ready(&mut self, f: Frame) -> Result<(), ClientError> {
+        let Ok(status) = views::ready_status(&f) else {
+            return self.desync("malformed ReadyForQuery").await;
+        };
+        match self.pending.pop_front() {
+            Some(p) if p.ends_at_ready() => {}
+            _ => return self.desync("ReadyForQuery").await,
+        }
+        self.tx = status;
+        self.errored = false;
+        self.client.queue(f.raw());
+        self.drain_local();
+        if status == b'I' {
+            self.app
+                .counters
+                .transactions
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        if self.mode == PoolMode::Statement && status != b'I' {
+            // The server stays in the transaction: close it with the client.
+            self.server = None;
+            self.pending.clear();
+            build::error(
+                self.client.out(),
+                Severity::Fatal,
+                "08P01",
+                "transaction blocks not allowed in statement pooling mode",
+            );
+            self.client.flush().await?;
+            return Err(ClientError::Refused("transaction in statement mode".into()));
+        }
+        if self.mode != PoolMode::Session && self.is_idle() {
+            self.release().await;
+        }
+        Ok(())
+    }
+
+    /// CommandComplete tags that change state pgferry keeps for the client.
+    fn on_command_tag(&mut self, t: &[u8]) {
+        if !self.rewrite {
+            return;
+        }
+        if t == b"DEALLOCATE ALL" || t == b"DISCARD ALL" {
+            self.stmts.clear();
+            if let Some(c) = self.server.as_mut() {
+                let sc = c.conn();
+                sc.prepared.clear();
+                if t == b"DISCARD ALL" {
+                    sc.unreported.clear();
+                }
+            }
+        }
+    }
+
+    /// Reverts the bookkeeping of a request the server skipped after an error.
+    fn undo(&mut self, p: Pending) {
+        if let Pending::Parse { id, name, .. } = p {
+            if let (Some(id), Some(c)) = (id, self.server.as_mut()) {
+                c.conn().prepared.remove(id);
+            }
+            if let Some(name) = name {
+                self.stmts.remove(&name);
+            }
+        }
+    }
+
+    fn drain_local(&mut self) {
+        while let Some(Pending::Local(_)) = self.pending.front() {
+            if let Some(Pending::Local(b)) = self.pending.pop_front() {
+                self.client.queue(&b);
+            }
+        }
+    }
+
+    /// Gives the server back to the pool once the client's transaction is over.
+    async fn release(&mut self) {
+        let Some(mut c) = self.server.take() else {
+            return;
+        };
+        if self.search_path_dirty {
+            self.search_path_dirty = false;
+            match c.conn().hidden_query("SHOW search_path").await {
+                Ok((rows, b'I')) => {
+                    if let Some(v) = rows.into_iter().next() {
+                        c.conn().unreported.insert("search_path".into(), v.clone());
+                        self.params.set("search_path".into(), v);
+                    }
+                }
+                _ => {
+                    self.cancel.set(None).await;
+                    return; // unknown state: `c` is dropped and closed
+                }
+            }
+        }
+        let settings = &self.pool.settings;
+        if settings.server_reset_query_always && !settings.server_reset_query.is_empty() {
+            let q = settings.server_reset_query.clone();
+            if !matches!(c.conn().hidden_query(&q).await, Ok((_, b'I'))) {
+                self.cancel.set(None).await;
+                return;
+            }
+            c.conn().prepared.clear();
+            c.conn().unreported.clear();
+        }
+        // Clear the cancel target first: a cancel being delivered finishes before the server
+        // can run anyone else's query.
+        self.cancel.set(None).await;
+        c.release();
+    }
+
+    async fn desync(&mut self, what: &str) -> Result<(), ClientError> {
+        tracing::error!(what, "protocol desynchronisation with server; closing it");
+        self.server_lost(&NetError::Frame(crate::protocol::FrameError::Malformed(
+            "unexpected server message",
+        )))
+        .await
+    }
+
+    /// The server connection failed. The client keeps its session when nothing of its state
+    /// was on that server (transaction mode, between transactions, one request in flight);
+    /// otherwise it is told and disconnected, since its transaction or session is gone.
+    async fn server_lost(&mut self, e: &NetError) -> Result<(), ClientError> {
+        let requests = self.pending.iter().filter(|p| p.ends_at_ready()).count();
+        self.server = None; // dropped: closed, never returned to the pool
+        self.cancel.set(None).await;
+        self.pending.clear();
+        let recoverable = self.mode != PoolMode::Session
+            && self.tx == b'I'
+            && requests <= 1
+            && !(self.unsynced && requests == 0);
+        tracing::warn!(db = %self.pool.database, error = %e, recoverable, "server connection lost");
+        self.skipping = false;
+        self.unsynced = false;
+        if recoverable {
+            if !self.errored {
+                build::error(
+                    self.client.out(),
+                    Severity::Error,
+                    "08006",
+                    "server connection lost; the query did not complete",
+                );
+            }
+            self.errored = false;
+            if requests == 1 {
+                build::ready_for_query(self.client.out(), b'I');
+            }
+            self.client.flush().await?;
+            return Ok(());
+        }
+        build::error(
+            self.client.out(),
+            Severity::Fatal,
+            "08006",
+            "server connection lost; the session or transaction is gone",
+        );
+        self.client.flush().await?;
+        Err(ClientError::Refused("server connection lost".into()))
+    }
+
+    /// At the end of the session: a clean server goes back (after the reset query in session
+    /// mode); one with a transaction or request open is closed.
+    async fn finish(&mut self) {
+        let Some(mut c) = self.server.take() else {
+            return;
+        };
+        self.cancel.set(None).await;
+        let clean = self.is_idle() && c.conn_ref().conn.pending_out() == 0;
+        if !clean {
+            return;
+        }
+        let settings = &self.pool.settings;
+        if (self.mode == PoolMode::Session || settings.server_reset_query_always)
+            && !settings.server_reset_query.is_empty()
+        {
+            let q = settings.server_reset_query.clone();
+            let reset = tokio::time::timeout(Duration::from_secs(10), c.conn().hidden_query(&q));
+            if !matches!(reset.await, Ok(Ok((_, b'I')))) {
+                return;
+            }
+            c.conn().prepared.clear();
+            c.conn().unreported.clear();
+        }
+        c.release();
+    }
+}
+
+/// True if a statement may change search_path (which PostgreSQL 15 does not report).
+fn mentions_search_path(q: &[u8]) -> bool {
+    const NEEDLE: &[u8] = b"search_path";
+    let trimmed = q.trim_ascii_start();
+    let starts = |w: &[u8]| trimmed.len() >= w.len() && trimmed[..w.len()].eq_ignore_ascii_case(w);
+    if starts(b"discard") || starts(b"reset") {
+        return true;
+    }
+    q.windows(NEEDLE.len())
+        .any(|w| w.eq_ignore_ascii_case(NEEDLE))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn search_path_detection() {
+        assert!(super::mentions_search_path(b"SET SEARCH_PATH TO a"));
+        assert!(super::mentions_search_path(b"  reset all"));
+        assert!(!super::mentions_search_path(b"select 1"));
+    }
+}

@@ -1,0 +1,97 @@
+//! A client's protocol-level named prepared statements in transaction and statement mode:
+//! client name → statement (its id and the Parse message under pgferry's server-side name).
+//! Statements are prepared lazily on whichever server connection the client gets.
+
+use crate::protocol::views::{rewrite_parse, ParseView};
+use crate::server::prepared::server_name;
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+/// One distinct statement (text + parameter types).
+#[derive(Debug)]
+pub struct Stmt {
+    /// Hash of the text and parameter types; names the statement on servers.
+    pub id: u64,
+    /// The Parse message to send to a server that lacks the statement.
+    pub parse: Bytes,
+}
+
+impl Stmt {
+    pub fn from_parse(p: &ParseView<'_>) -> Stmt {
+        let id = statement_id(p.query, p.param_types);
+        Stmt {
+            id,
+            parse: rewrite_parse(p, &server_name(id)),
+        }
+    }
+
+    pub fn server_name(&self) -> [u8; 20] {
+        server_name(self.id)
+    }
+}
+
+/// Stable id of a statement: the same text and types give the same id in every client.
+pub fn statement_id(query: &[u8], param_types: &[u8]) -> u64 {
+    // SipHash with fixed keys: stable for the life of the process, which is all that is
+    // needed since server-side names never outlive it.
+    #[allow(deprecated)]
+    let mut h = std::hash::SipHasher::new_with_keys(0x7067_6665_7272_7931, 0x5354_4d54_4944_0001);
+    query.hash(&mut h);
+    param_types.hash(&mut h);
+    h.finish()
+}
+
+/// The client's statement names.
+#[derive(Debug, Default)]
+pub struct Statements {
+    by_name: HashMap<Box<[u8]>, Arc<Stmt>>,
+}
+
+impl Statements {
+    pub fn get(&self, name: &[u8]) -> Option<&Arc<Stmt>> {
+        self.by_name.get(name)
+    }
+
+    pub fn contains(&self, name: &[u8]) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    pub fn insert(&mut self, name: &[u8], stmt: Arc<Stmt>) {
+        self.by_name.insert(name.into(), stmt);
+    }
+
+    pub fn remove(&mut self, name: &[u8]) {
+        self.by_name.remove(name);
+    }
+
+    pub fn clear(&mut self) {
+        self.by_name.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_text_same_id_and_types_matter() {
+        assert_eq!(
+            statement_id(b"select $1", b"\0\0"),
+            statement_id(b"select $1", b"\0\0")
+        );
+        assert_ne!(
+            statement_id(b"select $1", b"\0\x01\0\0\0\x17"),
+            statement_id(b"select $1", b"\0\x01\0\0\0\x19")
+        );
+    }
+}

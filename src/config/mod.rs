@@ -1,0 +1,184 @@
+//! `pgferry::config`: loading, validating and querying pgferry's TOML
+//! configuration, whose settings follow PgBouncer 1.25 in name, unit and
+//! default.
+//!
+//! This file owns the top-level `Config`, file loading and the lookup helpers
+//! that resolve per-user / per-database overrides. The tables themselves live
+//! in `schema`, the rules in `validate`, URL-based configs in `upstream`, and
+//! error location in `error` / `locate`.
+
+mod error;
+mod locate;
+mod schema;
+mod upstream;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use error::ConfigError;
+pub use schema::{AuthType, Database, General, PoolMode, User};
+
+/// A whole configuration file.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The `[pgferry]` table; every key is optional.
+    pub pgferry: General,
+    /// `[databases.NAME]` tables, keyed by the name clients connect to.
+    pub databases: BTreeMap<String, Database>,
+    /// `[users.NAME]` tables with per-user overrides.
+    pub users: BTreeMap<String, User>,
+    /// user -> plain password, set by `from_upstream`; never read from TOML
+    /// so secrets given on the command line cannot be confused with a file.
+    #[serde(skip)]
+    pub inline_users: BTreeMap<String, String>,
+    /// The file this configuration was loaded from.
+    #[serde(skip)]
+    pub source_path: Option<PathBuf>,
+}
+
+impl Config {
+    /// Reads, parses and validates `path`. A relative `auth_file` is resolved
+    /// against the directory of `path`, as PgBouncer does, so the pooler
+    /// behaves the same whatever its working directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(format!("cannot read configuration: {e}")).with_path(Some(path))
+        })?;
+        Config::parse_str(&text, Some(path))
+    }
+
+    /// Parses and validates TOML text. `path`, when given, is used in error
+    /// messages, recorded as `source_path`, and anchors a relative `auth_file`.
+    pub fn parse_str(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| ConfigError::from_toml(&e, text, path))?;
+        config.source_path = path.map(Path::to_path_buf);
+        if let (Some(dir), Some(auth)) = (path.and_then(Path::parent), &config.pgferry.auth_file) {
+            if auth.is_relative() {
+                config.pgferry.auth_file = Some(dir.join(auth));
+            }
+        }
+        config
+            .validate()
+            .map_err(|e| e.with_path(path).with_line_from(text))?;
+        tracing::debug!(
+            path = ?path,
+            databases = config.databases.len(),
+            users = config.users.len(),
+            "configuration loaded"
+        );
+        Ok(config)
+    }
+
+    /// The `[databases.NAME]` table clients reach as `db`.
+    pub fn database(&self, db: &str) -> Option<&Database> {
+        self.databases.get(db)
+    }
+
+    /// Pool mode for (`db`, `user`): user override, then database override,
+    /// then `[pgferry] pool_mode`.
+    pub fn pool_mode_for(&self, db: &str, user: &str) -> PoolMode {
+        self.users
+            .get(user)
+            .and_then(|u| u.pool_mode)
+            .or_else(|| self.databases.get(db).and_then(|d| d.pool_mode))
+            .unwrap_or(self.pgferry.pool_mode)
+    }
+
+    /// Pool size for (`db`, `user`): user override, then database
+    /// `pool_size`, then `default_pool_size`.
+    pub fn pool_size_for(&self, db: &str, user: &str) -> u32 {
+        self.users
+            .get(user)
+            .and_then(|u| u.pool_size)
+            .or_else(|| self.databases.get(db).and_then(|d| d.pool_size))
+            .unwrap_or(self.pgferry.default_pool_size)
+    }
+
+    /// How long a client of `user` may wait for a server connection; `None`
+    /// means forever. The user's override wins over the general setting.
+    pub fn query_wait_timeout_for(&self, user: &str) -> Option<Duration> {
+        let v = self
+            .users
+            .get(user)
+            .and_then(|u| u.query_wait_timeout)
+            .unwrap_or(self.pgferry.query_wait_timeout);
+        secs(v)
+    }
+
+    /// The database name sent to the server for client database `db`: its
+    /// `dbname` if set, else `db` itself (also for databases not configured).
+    pub fn server_dbname<'a>(&'a self, db: &'a str) -> &'a str {
+        self.databases
+            .get(db)
+            .and_then(|d| d.dbname.as_deref())
+            .unwrap_or(db)
+    }
+}
+
+/// Converts a timeout in seconds to a `Duration`; `None` for 0, which means
+/// "disabled" in PgBouncer's units. Negative or non-finite values (rejected by
+/// `validate`) also give `None`, as do values too large for a `Duration`,
+/// which are effectively infinite anyway.
+pub fn secs(v: f64) -> Option<Duration> {
+    if v > 0.0 {
+        Duration::try_from_secs_f64(v).ok()
+    } else {
+        None
+    }
+}
+
+impl General {
+    /// `query_wait_timeout` as a Duration (`None` = wait forever).
+    pub fn query_wait_timeout(&self) -> Option<Duration> {
+        secs(self.query_wait_timeout)
+    }
+    /// `query_timeout` as a Duration (`None` = disabled).
+    pub fn query_timeout(&self) -> Option<Duration> {
+        secs(self.query_timeout)
+    }
+    /// `server_connect_timeout` as a Duration (`None` = disabled).
+    pub fn server_connect_timeout(&self) -> Option<Duration> {
+        secs(self.server_connect_timeout)
+    }
+    /// `server_login_retry` as a Duration (`None` = retry at once).
+    pub fn server_login_retry(&self) -> Option<Duration> {
+        secs(self.server_login_retry)
+    }
+    /// `server_lifetime` as a Duration (`None` = unlimited).
+    pub fn server_lifetime(&self) -> Option<Duration> {
+        secs(self.server_lifetime)
+    }
+    /// `server_idle_timeout` as a Duration (`None` = disabled).
+    pub fn server_idle_timeout(&self) -> Option<Duration> {
+        secs(self.server_idle_timeout)
+    }
+    /// `client_login_timeout` as a Duration (`None` = disabled).
+    pub fn client_login_timeout(&self) -> Option<Duration> {
+        secs(self.client_login_timeout)
+    }
+    /// `client_idle_timeout` as a Duration (`None` = disabled).
+    pub fn client_idle_timeout(&self) -> Option<Duration> {
+        secs(self.client_idle_timeout)
+    }
+    /// `idle_transaction_timeout` as a Duration (`None` = disabled).
+    pub fn idle_transaction_timeout(&self) -> Option<Duration> {
+        secs(self.idle_transaction_timeout)
+    }
+    /// `shutdown_timeout` as a Duration (`None` = wait for clients forever).
+    pub fn shutdown_timeout(&self) -> Option<Duration> {
+        secs(self.shutdown_timeout)
+    }
+    /// `stats_period` as a Duration (`None` = disabled).
+    pub fn stats_period(&self) -> Option<Duration> {
+        secs(self.stats_period)
+    }
+}

@@ -1,0 +1,261 @@
+//! The shape of a pgferry TOML file: the `[pgferry]`, `[databases.NAME]` and
+//! `[users.NAME]` tables, their enums, and their defaults.
+//!
+//! Setting names, units and defaults deliberately follow PgBouncer 1.25 so an
+//! operator can carry a `pgbouncer.ini` over by changing syntax only. Every
+//! table rejects unknown keys so a typo fails loudly instead of silently
+//! falling back to a default.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// When a server connection goes back to the pool (PgBouncer's `pool_mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// Released when the client disconnects.
+    Session,
+    /// Released when a transaction finishes.
+    Transaction,
+    /// Released after each statement; multi-statement transactions are refused.
+    Statement,
+}
+
+impl PoolMode {
+    /// The spelling used in the TOML file and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolMode::Session => "session",
+            PoolMode::Transaction => "transaction",
+            PoolMode::Statement => "statement",
+        }
+    }
+}
+
+impl fmt::Display for PoolMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for PoolMode {
+    type Err = String;
+
+    /// Accepts the TOML spelling, so `--pool-mode transaction` means the same
+    /// as `pool_mode = "transaction"`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "session" => Ok(PoolMode::Session),
+            "transaction" => Ok(PoolMode::Transaction),
+            "statement" => Ok(PoolMode::Statement),
+            other => Err(format!(
+                "unknown pool mode `{other}`, expected session, transaction or statement"
+            )),
+        }
+    }
+}
+
+/// How clients authenticate to pgferry (PgBouncer's `auth_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
+pub enum AuthType {
+    /// No password is asked for.
+    #[serde(rename = "trust")]
+    Trust,
+    /// MD5 challenge; the auth_file may hold plain or `md5...` passwords.
+    #[serde(rename = "md5")]
+    Md5,
+    /// SCRAM-SHA-256; the auth_file may hold plain or `SCRAM-SHA-256$...` secrets.
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    /// Clear-text password over the wire.
+    #[serde(rename = "plain")]
+    Plain,
+}
+
+impl AuthType {
+    /// The spelling used in the TOML file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthType::Trust => "trust",
+            AuthType::Md5 => "md5",
+            AuthType::ScramSha256 => "scram-sha-256",
+            AuthType::Plain => "plain",
+        }
+    }
+}
+
+impl fmt::Display for AuthType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for AuthType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "trust" => Ok(AuthType::Trust),
+            "md5" => Ok(AuthType::Md5),
+            "scram-sha-256" => Ok(AuthType::ScramSha256),
+            "plain" => Ok(AuthType::Plain),
+            other => Err(format!(
+                "unknown auth type `{other}`, expected trust, md5, scram-sha-256 or plain"
+            )),
+        }
+    }
+}
+
+/// The `[pgferry]` table: process-wide settings (PgBouncer's `[pgbouncer]`).
+///
+/// Timeouts are seconds as `f64`, like PgBouncer; `0` disables a timeout.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct General {
+    pub listen_addr: String,
+    pub listen_port: u16,
+    pub pool_mode: PoolMode,
+    pub default_pool_size: u32,
+    pub min_pool_size: u32,
+    pub max_client_conn: u32,
+    pub max_db_connections: u32,
+    pub max_user_connections: u32,
+    pub auth_type: AuthType,
+    pub auth_file: Option<PathBuf>,
+    pub admin_users: Vec<String>,
+    pub stats_users: Vec<String>,
+    /// Prometheus listener; the empty string disables it.
+    pub metrics_addr: String,
+    pub query_wait_timeout: f64,
+    pub query_timeout: f64,
+    pub server_connect_timeout: f64,
+    pub server_login_retry: f64,
+    pub server_lifetime: f64,
+    pub server_idle_timeout: f64,
+    pub client_login_timeout: f64,
+    pub client_idle_timeout: f64,
+    pub idle_transaction_timeout: f64,
+    /// pgferry's own: how long SIGTERM waits for clients to drain.
+    pub shutdown_timeout: f64,
+    pub max_packet_size: u32,
+    pub server_reset_query: String,
+    pub server_reset_query_always: bool,
+    pub max_prepared_statements: u32,
+    pub track_extra_parameters: Vec<String>,
+    pub ignore_startup_parameters: Vec<String>,
+    pub application_name_add_host: bool,
+    pub stats_period: f64,
+    pub log_connections: bool,
+    pub log_disconnections: bool,
+    /// Tokio worker threads; 0 means one per core.
+    pub workers: u32,
+}
+
+impl Default for General {
+    fn default() -> Self {
+        General {
+            listen_addr: "127.0.0.1".to_string(),
+            listen_port: 6432,
+            pool_mode: PoolMode::Session,
+            default_pool_size: 20,
+            min_pool_size: 0,
+            max_client_conn: 100,
+            max_db_connections: 0,
+            max_user_connections: 0,
+            auth_type: AuthType::Md5,
+            auth_file: None,
+            admin_users: Vec::new(),
+            stats_users: Vec::new(),
+            metrics_addr: "127.0.0.1:9127".to_string(),
+            query_wait_timeout: 120.0,
+            query_timeout: 0.0,
+            server_connect_timeout: 15.0,
+            server_login_retry: 15.0,
+            server_lifetime: 3600.0,
+            server_idle_timeout: 600.0,
+            client_login_timeout: 60.0,
+            client_idle_timeout: 0.0,
+            idle_transaction_timeout: 0.0,
+            shutdown_timeout: 30.0,
+            max_packet_size: 2_147_483_647,
+            server_reset_query: "DISCARD ALL".to_string(),
+            server_reset_query_always: false,
+            max_prepared_statements: 200,
+            track_extra_parameters: vec!["IntervalStyle".to_string()],
+            ignore_startup_parameters: Vec::new(),
+            application_name_add_host: false,
+            stats_period: 60.0,
+            log_connections: true,
+            log_disconnections: true,
+            workers: 0,
+        }
+    }
+}
+
+impl General {
+    /// Every timeout with its key name, so validation and the docs cannot
+    /// drift apart from the struct when a timeout is added.
+    pub(crate) fn timeouts(&self) -> [(&'static str, f64); 11] {
+        [
+            ("query_wait_timeout", self.query_wait_timeout),
+            ("query_timeout", self.query_timeout),
+            ("server_connect_timeout", self.server_connect_timeout),
+            ("server_login_retry", self.server_login_retry),
+            ("server_lifetime", self.server_lifetime),
+            ("server_idle_timeout", self.server_idle_timeout),
+            ("client_login_timeout", self.client_login_timeout),
+            ("client_idle_timeout", self.client_idle_timeout),
+            ("idle_transaction_timeout", self.idle_transaction_timeout),
+            ("shutdown_timeout", self.shutdown_timeout),
+            ("stats_period", self.stats_period),
+        ]
+    }
+}
+
+/// A `[databases.NAME]` table: where clients asking for database NAME are
+/// sent, with optional per-database overrides of the `[pgferry]` settings.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Database {
+    pub host: String,
+    pub port: u16,
+    /// Server-side database name; defaults to NAME.
+    pub dbname: Option<String>,
+    /// Forces the server login user, as PgBouncer's `user=` does.
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub pool_size: Option<u32>,
+    pub min_pool_size: Option<u32>,
+    pub pool_mode: Option<PoolMode>,
+    pub max_db_connections: Option<u32>,
+}
+
+impl Default for Database {
+    fn default() -> Self {
+        Database {
+            host: "127.0.0.1".to_string(),
+            port: 5432,
+            dbname: None,
+            user: None,
+            password: None,
+            pool_size: None,
+            min_pool_size: None,
+            pool_mode: None,
+            max_db_connections: None,
+        }
+    }
+}
+
+/// A `[users.NAME]` table: per-user overrides, which win over both the
+/// database's and the general settings.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct User {
+    pub pool_mode: Option<PoolMode>,
+    pub pool_size: Option<u32>,
+    pub max_user_connections: Option<u32>,
+    pub query_wait_timeout: Option<f64>,
+}

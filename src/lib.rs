@@ -1,0 +1,23 @@
+//! pgferry: a PostgreSQL connection pooler and query proxy.
+//!
+//! Module map (one responsibility each; see docs/architecture.md):
+//! - [`protocol`]: framing, typed views and builders of wire messages (no I/O)
+//! - [`net`]: buffered, cancel-safe frame I/O over a socket
+//! - [`auth`]: auth_file, client-facing md5/SCRAM
+//! - [`server`]: one server connection: login, parameters, prepared-statement registry
+//! - [`pool`]: pools per (database, user), FIFO waiters, checkout guard
+//! - [`client`]: one task per client: startup, routing, transaction-mode bookkeeping
+//! - [`config`]: TOML schema and validation
+//! - [`app`]: shared state, listener, cancel registry, shutdown
+//! - [`testkit`]: throwaway PostgreSQL clusters for tests and the demo
+
+pub mod app;
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod net;
+pub mod pool;
+pub mod protocol;
+pub mod server;
+pub mod testkit;

@@ -1,0 +1,212 @@
+//! Buffered, cancel-safe frame I/O over one socket. Reads fill a buffer that lives in the
+//! connection, so a `read` future can be dropped inside `select!` without losing bytes; writes
+//! are appended to an output buffer and sent in one syscall when the caller flushes.
+
+use crate::protocol::startup::{check_startup_len, parse_startup, StartupPacket};
+use crate::protocol::{split_frame, Frame, FrameError, Split};
+use bytes::{Buf, BytesMut};
+use std::io;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Read buffer size for one read call; also the size up to which output is batched.
+const CHUNK: usize = 16 * 1024;
+/// Output is flushed once this much is queued, so a large result never piles up in memory.
+pub const FLUSH_AT: usize = 64 * 1024;
+
+/// Why a connection stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("connection closed by peer")]
+    Closed,
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+/// One socket with its read and write buffers.
+pub struct Conn<S> {
+    stream: S,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    max_len: usize,
+    /// Bytes still needed to complete the frame at the front of `rbuf` (from the last split).
+    want: usize,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    pub fn new(stream: S, max_len: usize) -> Self {
+        Conn {
+            stream,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            max_len,
+            want: 5,
+        }
+    }
+
+    pub fn stream(&self) -> &S {
+        &self.stream
+    }
+
+    pub fn stream_mut(&mut self) -> &mut S {
+        &mut self.stream
+    }
+
+    /// A whole frame already in the buffer, without waiting.
+    pub fn try_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        match split_frame(&mut self.rbuf, self.max_len)? {
+            Split::Frame(f) => {
+                self.want = 5;
+                Ok(Some(f))
+            }
+            Split::Incomplete { missing } => {
+                self.want = missing;
+                Ok(None)
+            }
+        }
+    }
+
+    /// True when a complete frame is waiting in the buffer.
+    pub fn has_frame(&self) -> bool {
+        if self.rbuf.len() < 5 {
+            return false;
+        }
+        let len = i32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]);
+        // Invalid lengths count as "ready" so the caller's try_frame reports the error.
+        usize::try_from(len).map_or(true, |l| l < 4 || self.rbuf.len() > l)
+    }
+
+    /// Reads more bytes into the buffer. Cancel-safe: nothing is lost if the future is dropped.
+    pub async fn fill(&mut self) -> Result<(), NetError> {
+        // Reserve for the frame being assembled, bounded so a large declared length is not
+        // allocated up front (it was already checked against max_packet_size).
+        let want = self.want.clamp(CHUNK, 256 * 1024);
+        if self.rbuf.capacity() - self.rbuf.len() < want {
+            self.rbuf.reserve(want);
+        }
+        let n = self.stream.read_buf(&mut self.rbuf).await?;
+        if n == 0 {
+            return Err(NetError::Closed);
+        }
+        Ok(())
+    }
+
+    /// The next frame, reading as needed.
+    pub async fn read_frame(&mut self) -> Result<Frame, NetError> {
+        loop {
+            if let Some(f) = self.try_frame()? {
+                return Ok(f);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Reads one untagged startup-phase packet (SSLRequest, StartupMessage, CancelRequest, …).
+    pub async fn read_startup(&mut self) -> Result<StartupPacket, NetError> {
+        while self.rbuf.len() < 4 {
+            self.want = 4 - self.rbuf.len();
+            self.fill().await?;
+        }
+        let len = check_startup_len([self.rbuf[0], self.rbuf[1], self.rbuf[2], self.rbuf[3]])?;
+        while self.rbuf.len() < len {
+            self.want = len - self.rbuf.len();
+            self.fill().await?;
+        }
+        let packet = self.rbuf.split_to(len);
+        self.want = 5;
+        Ok(parse_startup(&packet[4..])?)
+    }
+
+    /// Bytes received but not yet consumed (used when a connection is handed over).
+    pub fn buffered(&self) -> usize {
+        self.rbuf.len()
+    }
+
+    /// Appends bytes to the output buffer.
+    pub fn queue(&mut self, bytes: &[u8]) {
+        self.wbuf.extend_from_slice(bytes);
+    }
+
+    /// The output buffer, for builders that append messages directly.
+    pub fn out(&mut self) -> &mut BytesMut {
+        &mut self.wbuf
+    }
+
+    pub fn pending_out(&self) -> usize {
+        self.wbuf.len()
+    }
+
+    /// Writes everything queued.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        while self.wbuf.has_remaining() {
+            let n = self.stream.write(&self.wbuf).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.wbuf.advance(n);
+        }
+        self.stream.flush().await
+    }
+
+    /// Flushes only when enough output has piled up (keeps memory bounded while streaming).
+    pub async fn flush_if_full(&mut self) -> io::Result<()> {
+        if self.wbuf.len() >= FLUSH_AT {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Gives back buffer memory while the connection is idle; idle clients cost little.
+    pub fn shrink(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > CHUNK {
+            self.rbuf = BytesMut::new();
+        }
+        if self.wbuf.is_empty() && self.wbuf.capacity() > CHUNK {
+            self.wbuf = BytesMut::new();
+        }
+    }
+
+    /// Flushes and shuts the write side down.
+    pub async fn close(&mut self) {
+        let _ = self.flush().await;
+        let _ = self.stream.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_survive_byte_by_byte_delivery() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut conn = Conn::new(a, 1 << 20);
+        let writer = tokio::spawn(async move {
+            let msg = [
+                b'Q', 0, 0, 0, 13, b's', b'e', b'l', b'e', b'c', b't', b' ', b'1', 0,
+            ];
+            for byte in msg {
+                b.write_all(&[byte]).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            b
+        });
+        let f = conn.read_frame().await.unwrap();
+        assert_eq!(f.tag(), b'Q');
+        assert_eq!(f.body(), b"select 1\0");
+        drop(writer.await.unwrap());
+        assert!(matches!(conn.read_frame().await, Err(NetError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn absurd_length_is_an_error_not_an_allocation() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut conn = Conn::new(a, 1 << 20);
+        b.write_all(&[b'Q', 0x7f, 0xff, 0xff, 0xff]).await.unwrap();
+        assert!(matches!(
+            conn.read_frame().await,
+            Err(NetError::Frame(FrameError::TooLarge { .. }))
+        ));
+    }
+}

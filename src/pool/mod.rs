@@ -1,0 +1,248 @@
+//! Pools of server connections, one per (database, user): at most `pool_size` connections,
+//! waiting clients served FIFO (tokio's semaphore is fair), idle connections reused LIFO, and a
+//! checkout guard that closes its connection unless it is explicitly released clean.
+
+use crate::config::PoolMode;
+use crate::server::{self, ServerConn, ServerError, ServerTarget};
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Why a checkout failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("query_wait_timeout")]
+    WaitTimeout,
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    #[error("pool is closed")]
+    Closed,
+}
+
+/// Counters for one pool (read by the demo, the admin console and metrics).
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    /// Server connections open now (idle + in use).
+    pub servers: AtomicUsize,
+    /// Server connections in use now.
+    pub active: AtomicUsize,
+    /// Clients waiting for a server now.
+    pub waiting: AtomicUsize,
+    /// Server connections ever opened.
+    pub connects: AtomicU64,
+    /// Checkouts served (PgBouncer's server_assignment_count).
+    pub checkouts: AtomicU64,
+    /// Total and maximum time clients spent waiting for a server, in microseconds.
+    pub wait_us_total: AtomicU64,
+    pub wait_us_max: AtomicU64,
+}
+
+/// Per-pool settings derived from the configuration.
+#[derive(Clone, Debug)]
+pub struct PoolSettings {
+    pub mode: PoolMode,
+    pub size: u32,
+    pub query_wait_timeout: Option<Duration>,
+    pub server_lifetime: Option<Duration>,
+    pub server_reset_query: String,
+    pub server_reset_query_always: bool,
+}
+
+/// Server connections for one (database, user).
+pub struct Pool {
+    pub database: String,
+    pub user: String,
+    pub target: ServerTarget,
+    pub settings: PoolSettings,
+    sem: Arc<Semaphore>,
+    idle: Mutex<Vec<ServerConn>>,
+    welcome: Mutex<Option<Arc<Vec<(String, String)>>>>,
+    /// Serialises the first login's fetch of `welcome`, so a burst of new clients opens one
+    /// server connection for it rather than queueing them all.
+    welcome_fetch: tokio::sync::Mutex<()>,
+    pub stats: PoolStats,
+}
+
+impl Pool {
+    pub fn new(
+        database: &str,
+        user: &str,
+        target: ServerTarget,
+        settings: PoolSettings,
+    ) -> Arc<Pool> {
+        Arc::new(Pool {
+            database: database.to_owned(),
+            user: user.to_owned(),
+            target,
+            sem: Arc::new(Semaphore::new(settings.size as usize)),
+            settings,
+            idle: Mutex::new(Vec::new()),
+            welcome: Mutex::new(None),
+            welcome_fetch: tokio::sync::Mutex::new(()),
+            stats: PoolStats::default(),
+        })
+    }
+
+    /// The parameters the server reported at login, sent to clients as ParameterStatus.
+    pub fn welcome(&self) -> Option<Arc<Vec<(String, String)>>> {
+        self.welcome.lock().clone()
+    }
+
+    /// The welcome parameters, opening a server connection to learn them the first time.
+    pub async fn fetch_welcome(self: &Arc<Self>) -> Result<Arc<Vec<(String, String)>>, PoolError> {
+        if let Some(w) = self.welcome() {
+            return Ok(w);
+        }
+        let _only_one = self.welcome_fetch.lock().await;
+        if let Some(w) = self.welcome() {
+            return Ok(w);
+        }
+        self.checkout().await?.release();
+        Ok(self.welcome().unwrap_or_default())
+    }
+
+    /// Waits (FIFO, bounded by query_wait_timeout) for a server connection.
+    pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, PoolError> {
+        let start = Instant::now();
+        let permit = {
+            let _waiting = Gauge::inc(&self.stats.waiting);
+            let acquire = self.sem.clone().acquire_owned();
+            match self.settings.query_wait_timeout {
+                Some(d) => tokio::time::timeout(d, acquire)
+                    .await
+                    .map_err(|_| PoolError::WaitTimeout)?,
+                None => acquire.await,
+            }
+            .map_err(|_| PoolError::Closed)?
+        };
+        let waited = start.elapsed().as_micros() as u64;
+        self.stats
+            .wait_us_total
+            .fetch_add(waited, Ordering::Relaxed);
+        self.stats.wait_us_max.fetch_max(waited, Ordering::Relaxed);
+        let conn = match self.take_idle() {
+            Some(c) => c,
+            None => self.open().await?,
+        };
+        self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
+        self.stats.active.fetch_add(1, Ordering::Relaxed);
+        Ok(Checkout {
+            conn: Some(conn),
+            pool: self.clone(),
+            _permit: permit,
+        })
+    }
+
+    /// The most recently used idle connection that is still alive (LIFO keeps few warm).
+    fn take_idle(&self) -> Option<ServerConn> {
+        loop {
+            let mut c = self.idle.lock().pop()?;
+            let expired = self
+                .settings
+                .server_lifetime
+                .is_some_and(|l| c.created.elapsed() >= l);
+            if !expired && c.is_alive_idle() {
+                return Some(c);
+            }
+            tracing::debug!(server = c.id, expired, "discarding idle server connection");
+            self.stats.servers.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    async fn open(&self) -> Result<ServerConn, ServerError> {
+        let conn = server::connect(&self.target).await?;
+        self.stats.servers.fetch_add(1, Ordering::Relaxed);
+        self.stats.connects.fetch_add(1, Ordering::Relaxed);
+        let mut welcome = self.welcome.lock();
+        if welcome.is_none() {
+            let mut params: Vec<(String, String)> = conn.params.values().cloned().collect();
+            params.sort();
+            *welcome = Some(Arc::new(params));
+        }
+        drop(welcome);
+        tracing::debug!(server = conn.id, db = %self.database, user = %self.user, "opened server connection");
+        Ok(conn)
+    }
+
+    /// Idle server connections now.
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().len()
+    }
+
+    /// Closes every idle connection (used at shutdown).
+    pub fn close_idle(&self) {
+        let drained: Vec<ServerConn> = std::mem::take(&mut *self.idle.lock());
+        self.stats
+            .servers
+            .fetch_sub(drained.len(), Ordering::Relaxed);
+    }
+
+    fn put_back(&self, mut conn: ServerConn) {
+        conn.last_used = Instant::now();
+        conn.conn.shrink();
+        self.idle.lock().push(conn);
+    }
+}
+
+/// A server connection lent to one client. Dropping it closes the connection: only a
+/// connection known to be idle and clean is returned, through [`Checkout::release`].
+pub struct Checkout {
+    conn: Option<ServerConn>,
+    pool: Arc<Pool>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Checkout {
+    pub fn conn(&mut self) -> &mut ServerConn {
+        // `conn` is Some for the whole life of a Checkout; it is taken only by release/drop.
+        self.conn
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("checkout without connection"))
+    }
+
+    pub fn conn_ref(&self) -> &ServerConn {
+        self.conn
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("checkout without connection"))
+    }
+
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// Returns a clean, idle connection to the pool.
+    pub fn release(mut self) {
+        if let Some(c) = self.conn.take() {
+            self.pool.stats.active.fetch_sub(1, Ordering::Relaxed);
+            self.pool.put_back(c);
+        }
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take() {
+            tracing::debug!(server = c.id, "closing server connection in unknown state");
+            self.pool.stats.active.fetch_sub(1, Ordering::Relaxed);
+            self.pool.stats.servers.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Increments a gauge for as long as it lives (also when the future holding it is dropped).
+struct Gauge<'a>(&'a AtomicUsize);
+
+impl<'a> Gauge<'a> {
+    fn inc(g: &'a AtomicUsize) -> Self {
+        g.fetch_add(1, Ordering::Relaxed);
+        Gauge(g)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}

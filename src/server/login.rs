@@ -1,0 +1,208 @@
+//! Opening a server connection: TCP connect under `server_connect_timeout`, StartupMessage,
+//! cleartext / md5 / SCRAM-SHA-256 authentication, then the parameters and backend key the
+//! server reports until its first ReadyForQuery.
+
+use super::{ServerConn, ServerError};
+use crate::net::{Conn, NetError};
+use crate::protocol::{build, tag, views};
+use bytes::BytesMut;
+use md5::{Digest, Md5};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use std::time::Duration;
+use tokio::net::{lookup_host, TcpStream};
+
+/// The password pgferry presents to a server.
+#[derive(Clone, Debug)]
+pub enum ServerPassword {
+    None,
+    Plain(String),
+    /// `md5` + md5(password + user), as stored by PostgreSQL and PgBouncer's auth_file.
+    Md5(String),
+}
+
+/// Where and as whom to log in.
+#[derive(Clone, Debug)]
+pub struct ServerTarget {
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+    pub user: String,
+    pub password: ServerPassword,
+    pub connect_timeout: Duration,
+    pub max_packet_size: usize,
+    pub max_prepared: usize,
+}
+
+/// Connects and logs in; on success the connection is idle and ready for queries.
+pub async fn connect(t: &ServerTarget) -> Result<ServerConn, ServerError> {
+    let fut = async {
+        let mut last = None;
+        for addr in lookup_host((t.host.as_str(), t.port))
+            .await
+            .map_err(ServerError::Connect)?
+        {
+            match TcpStream::connect(addr).await {
+                Ok(s) => return Ok((s, addr)),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(ServerError::Connect(last.unwrap_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, "host resolved to no address")
+        })))
+    };
+    let timeout = if t.connect_timeout.is_zero() {
+        Duration::from_secs(3600)
+    } else {
+        t.connect_timeout
+    };
+    let (stream, addr) = tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| ServerError::ConnectTimeout)??;
+    stream.set_nodelay(true).map_err(ServerError::Connect)?;
+    let mut server = ServerConn::new(Conn::new(stream, t.max_packet_size), addr, t.max_prepared);
+    tokio::time::timeout(timeout, login(&mut server, t))
+        .await
+        .map_err(|_| ServerError::ConnectTimeout)??;
+    Ok(server)
+}
+
+async fn login(server: &mut ServerConn, t: &ServerTarget) -> Result<(), ServerError> {
+    build::startup_message(
+        server.conn.out(),
+        &[("user", &t.user), ("database", &t.dbname)],
+    );
+    server.conn.flush().await.map_err(NetError::Io)?;
+    let mut scram: Option<ScramSha256> = None;
+    loop {
+        let f = server.conn.read_frame().await?;
+        match f.tag() {
+            tag::AUTHENTICATION => {
+                let body = f.body();
+                let code = body
+                    .get(..4)
+                    .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+                    .ok_or(ServerError::Protocol("short authentication request"))?;
+                let rest = &body[4..];
+                match code {
+                    0 => {}
+                    3 => {
+                        let pw = match &t.password {
+                            ServerPassword::Plain(p) => p.clone(),
+                            _ => return Err(ServerError::NoPassword),
+                        };
+                        password_message(server, pw.as_bytes()).await?;
+                    }
+                    5 => {
+                        let salt: [u8; 4] = rest
+                            .get(..4)
+                            .and_then(|s| s.try_into().ok())
+                            .ok_or(ServerError::Protocol("short md5 salt"))?;
+                        let hashed = match &t.password {
+                            ServerPassword::Plain(p) => {
+                                postgres_protocol::authentication::md5_hash(
+                                    t.user.as_bytes(),
+                                    p.as_bytes(),
+                                    salt,
+                                )
+                            }
+                            ServerPassword::Md5(secret) => md5_from_secret(secret, salt),
+                            ServerPassword::None => return Err(ServerError::NoPassword),
+                        };
+                        password_message(server, hashed.as_bytes()).await?;
+                    }
+                    10 => {
+                        let pw = match &t.password {
+                            ServerPassword::Plain(p) => p.clone(),
+                            _ => return Err(ServerError::NoPassword),
+                        };
+                        if !mechanisms(rest).any(|m| m == b"SCRAM-SHA-256") {
+                            return Err(ServerError::UnsupportedAuth(10));
+                        }
+                        let s = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
+                        let first = s.message().to_vec();
+                        let mut body = BytesMut::new();
+                        body.extend_from_slice(b"SCRAM-SHA-256\0");
+                        body.extend_from_slice(&(first.len() as i32).to_be_bytes());
+                        body.extend_from_slice(&first);
+                        build::tagged(server.conn.out(), tag::PASSWORD, &body);
+                        server.conn.flush().await.map_err(NetError::Io)?;
+                        scram = Some(s);
+                    }
+                    11 => {
+                        let s = scram
+                            .as_mut()
+                            .ok_or(ServerError::Protocol("SASL continue without SASL"))?;
+                        s.update(rest).map_err(ServerError::Scram)?;
+                        let msg = s.message().to_vec();
+                        build::tagged(server.conn.out(), tag::PASSWORD, &msg);
+                        server.conn.flush().await.map_err(NetError::Io)?;
+                    }
+                    12 => {
+                        let s = scram
+                            .as_mut()
+                            .ok_or(ServerError::Protocol("SASL final without SASL"))?;
+                        s.finish(rest).map_err(ServerError::Scram)?;
+                    }
+                    other => return Err(ServerError::UnsupportedAuth(other)),
+                }
+            }
+            tag::PARAMETER_STATUS => {
+                server.note_parameter(&f);
+            }
+            tag::BACKEND_KEY_DATA => {
+                let (pid, secret) = views::backend_key(f.body())?;
+                server.pid = pid;
+                server.secret = secret;
+            }
+            tag::READY_FOR_QUERY => return Ok(()),
+            tag::ERROR_RESPONSE => return Err(ServerError::Server(f.raw().clone())),
+            tag::NOTICE_RESPONSE | tag::NEGOTIATE_PROTOCOL => {}
+            _ => return Err(ServerError::Protocol("unexpected message during login")),
+        }
+    }
+}
+
+async fn password_message(server: &mut ServerConn, pw: &[u8]) -> Result<(), ServerError> {
+    let mut body = pw.to_vec();
+    body.push(0);
+    build::tagged(server.conn.out(), tag::PASSWORD, &body);
+    server.conn.flush().await.map_err(NetError::Io)?;
+    Ok(())
+}
+
+/// The SASL mechanism names in an AuthenticationSASL body.
+fn mechanisms(mut rest: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        let (name, after) = views::split_cstr(rest)?;
+        if name.is_empty() {
+            return None;
+        }
+        rest = after;
+        Some(name)
+    })
+}
+
+/// md5 response from a stored `md5…` secret: "md5" + md5(hex(secret) + salt).
+fn md5_from_secret(secret: &str, salt: [u8; 4]) -> String {
+    let hex = secret.strip_prefix("md5").unwrap_or(secret);
+    let mut h = Md5::new();
+    h.update(hex.as_bytes());
+    h.update(salt);
+    let digest = h.finalize();
+    let mut out = String::from("md5");
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn md5_secret_matches_plain_password_hash() {
+        let salt = [1, 2, 3, 4];
+        let plain = postgres_protocol::authentication::md5_hash(b"app", b"secret", salt);
+        let stored = postgres_protocol::password::md5(b"secret", "app");
+        assert_eq!(super::md5_from_secret(&stored, salt), plain);
+    }
+}

@@ -1,0 +1,184 @@
+//! One server connection: login (see `login`), the parameters the server reported, the
+//! prepared statements pgferry created on it, and hidden queries pgferry runs on it
+//! (parameter sync, reset, health).
+
+mod login;
+pub mod prepared;
+
+pub use login::{connect, ServerPassword, ServerTarget};
+
+use crate::net::{Conn, NetError};
+use crate::protocol::{tag, views, Frame};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+use tokio::net::TcpStream;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Why talking to a server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("could not connect to server: {0}")]
+    Connect(std::io::Error),
+    #[error("timed out connecting to server")]
+    ConnectTimeout,
+    #[error("server connection lost: {0}")]
+    Net(#[from] NetError),
+    /// The server answered with an ErrorResponse (kept whole so it can be forwarded).
+    #[error("server error: {}", error_message(.0))]
+    Server(Bytes),
+    #[error("server requested a password but none is configured for this user")]
+    NoPassword,
+    #[error("unsupported server authentication request {0}")]
+    UnsupportedAuth(i32),
+    #[error("server SCRAM exchange failed: {0}")]
+    Scram(std::io::Error),
+    #[error("protocol violation from server: {0}")]
+    Protocol(&'static str),
+    #[error("malformed message from server: {0}")]
+    Frame(#[from] crate::protocol::FrameError),
+}
+
+/// The human-readable message of a raw ErrorResponse frame.
+pub fn error_message(raw: &Bytes) -> String {
+    let body = raw.get(5..).unwrap_or_default();
+    let msg = views::error_field(body, b'M').unwrap_or(b"unknown error");
+    String::from_utf8_lossy(msg).into_owned()
+}
+
+/// One logged-in server connection.
+pub struct ServerConn {
+    pub conn: Conn<TcpStream>,
+    /// Unique id for logs and the admin console.
+    pub id: u64,
+    pub addr: SocketAddr,
+    /// The server's BackendKeyData (for cancel requests).
+    pub pid: i32,
+    pub secret: i32,
+    /// Reported parameters: lowercase name → (name as reported, value).
+    pub params: HashMap<String, (String, String)>,
+    /// Unreported parameters pgferry set on this connection (lowercase name → value).
+    pub unreported: HashMap<String, String>,
+    /// pgferry-named prepared statements on this connection.
+    pub prepared: prepared::Registry,
+    pub created: Instant,
+    pub last_used: Instant,
+}
+
+impl ServerConn {
+    fn new(conn: Conn<TcpStream>, addr: SocketAddr, max_prepared: usize) -> Self {
+        let now = Instant::now();
+        ServerConn {
+            conn,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            addr,
+            pid: 0,
+            secret: 0,
+            params: HashMap::new(),
+            unreported: HashMap::new(),
+            prepared: prepared::Registry::new(max_prepared),
+            created: now,
+            last_used: now,
+        }
+    }
+
+    /// Records a ParameterStatus; returns the (name, value) it carried.
+    pub fn note_parameter(&mut self, frame: &Frame) -> Option<(String, String)> {
+        let (name, value) = views::parameter_status(frame.body()).ok()?;
+        self.params.insert(
+            name.to_ascii_lowercase(),
+            (name.to_owned(), value.to_owned()),
+        );
+        Some((name.to_owned(), value.to_owned()))
+    }
+
+    /// The current value of a parameter, reported or set by pgferry.
+    pub fn param(&self, lower: &str) -> Option<&str> {
+        self.params
+            .get(lower)
+            .map(|(_, v)| v.as_str())
+            .or_else(|| self.unreported.get(lower).map(String::as_str))
+    }
+
+    /// True if the server reports this parameter (GUC_REPORT).
+    pub fn is_reported(&self, lower: &str) -> bool {
+        self.params.contains_key(lower)
+    }
+
+    /// Checks, without blocking, that an idle connection is still usable: a healthy idle
+    /// server has sent nothing; EOF or unexpected bytes (e.g. the FATAL of a terminated
+    /// backend) mean it must be discarded.
+    pub fn is_alive_idle(&mut self) -> bool {
+        if self.conn.buffered() > 0 {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        match self.conn.stream().try_read(&mut probe) {
+            Ok(_) => false,
+            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+        }
+    }
+
+    /// Runs a simple query whose replies are consumed here, never shown to a client.
+    /// Returns the first column of each DataRow (for `SHOW`), and fails with the server's
+    /// ErrorResponse if one came. The connection is idle ('I') again on success.
+    pub async fn hidden_query(&mut self, sql: &str) -> Result<(Vec<String>, u8), ServerError> {
+        self.conn.queue(&views::query(sql));
+        self.conn.flush().await.map_err(NetError::Io)?;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            let f = self.conn.read_frame().await?;
+            match f.tag() {
+                tag::READY_FOR_QUERY => {
+                    let status = views::ready_status(&f)?;
+                    return match error {
+                        Some(e) => Err(ServerError::Server(e)),
+                        None => Ok((rows, status)),
+                    };
+                }
+                tag::ERROR_RESPONSE => error = Some(f.raw().clone()),
+                tag::PARAMETER_STATUS => {
+                    self.note_parameter(&f);
+                }
+                tag::DATA_ROW => {
+                    if let Some(v) = first_column(f.body()) {
+                        rows.push(v);
+                    }
+                }
+                tag::COPY_IN => return Err(ServerError::Protocol("COPY in a hidden query")),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The first column of a DataRow as text (None for NULL or malformed rows).
+fn first_column(body: &[u8]) -> Option<String> {
+    let n = i16::from_be_bytes([*body.first()?, *body.get(1)?]);
+    if n < 1 {
+        return None;
+    }
+    let len = i32::from_be_bytes(body.get(2..6)?.try_into().ok()?);
+    let len = usize::try_from(len).ok()?;
+    let v = body.get(6..6 + len)?;
+    Some(String::from_utf8_lossy(v).into_owned())
+}
+
+/// Quotes a string as an escape-string SQL literal (`E'it''s'`), which reads the same whatever
+/// `standard_conforming_strings` is.
+pub fn quote_literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 3);
+    out.push_str("E'");
+    for c in s.chars() {
+        if c == '\'' || c == '\\' {
+            out.push(c);
+        }
+        out.push(c);
+    }
+    out.push('\'');
+    out
+}

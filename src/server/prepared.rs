@@ -1,0 +1,100 @@
+//! The set of pgferry-named prepared statements that exist on one server connection, bounded
+//! by `max_prepared_statements` with least-recently-used eviction.
+
+use std::collections::HashMap;
+
+/// Statements prepared on one server, keyed by the statement id (hash of text + types).
+#[derive(Debug, Default)]
+pub struct Registry {
+    entries: HashMap<u64, u64>,
+    tick: u64,
+    cap: usize,
+}
+
+impl Registry {
+    pub fn new(cap: usize) -> Self {
+        Registry {
+            entries: HashMap::new(),
+            tick: 0,
+            cap: cap.max(1),
+        }
+    }
+
+    /// True if the statement exists on the server; marks it as recently used.
+    pub fn touch(&mut self, id: u64) -> bool {
+        self.tick += 1;
+        match self.entries.get_mut(&id) {
+            Some(t) => {
+                *t = self.tick;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records a statement as prepared; returns the id to Close first if the cap is reached.
+    pub fn insert(&mut self, id: u64) -> Option<u64> {
+        self.tick += 1;
+        let evict = if self.entries.len() >= self.cap && !self.entries.contains_key(&id) {
+            let oldest = self
+                .entries
+                .iter()
+                .min_by_key(|(_, t)| **t)
+                .map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                self.entries.remove(&k);
+            }
+            oldest
+        } else {
+            None
+        };
+        self.entries.insert(id, self.tick);
+        evict
+    }
+
+    pub fn remove(&mut self, id: u64) {
+        self.entries.remove(&id);
+    }
+
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// The server-side name pgferry gives a statement id.
+pub fn server_name(id: u64) -> [u8; 20] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = *b"pgf_0000000000000000";
+    for i in 0..16 {
+        out[4 + i] = HEX[((id >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evicts_least_recently_used() {
+        let mut r = Registry::new(2);
+        assert_eq!(r.insert(1), None);
+        assert_eq!(r.insert(2), None);
+        assert!(r.touch(1));
+        assert_eq!(r.insert(3), Some(2));
+        assert!(r.touch(1) && r.touch(3) && !r.touch(2));
+    }
+
+    #[test]
+    fn names_are_fixed_width_hex() {
+        assert_eq!(&server_name(0xabc), b"pgf_0000000000000abc");
+    }
+}

@@ -1,0 +1,176 @@
+//! Shared harness for the integration tests: a throwaway PostgreSQL (testkit), pgferry started
+//! in-process in front of it, and helpers to connect through pgferry or directly.
+#![allow(dead_code)]
+
+use pgferry::app::{self, Running};
+use pgferry::config::{AuthType, Config, Database, PoolMode};
+use pgferry::testkit::{PasswordMethod, PgCluster};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio_postgres::{Client, NoTls};
+
+pub const APP_PW: &str = "app-secret";
+pub const MD5_PW: &str = "md5-secret";
+
+/// A PostgreSQL cluster with pgferry in front of it.
+pub struct Env {
+    pub pg: PgCluster,
+    pub ferry: Option<Running>,
+    pub addr: SocketAddr,
+    pub config: Config,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts PostgreSQL with roles `app` (SCRAM) and `md5user` (md5), database `shop` owned by
+/// `app` holding table `items(id int primary key, name text, qty int)` with 100 rows.
+pub fn cluster() -> PgCluster {
+    let pg = PgCluster::start().expect("start PostgreSQL");
+    pg.create_user("app", APP_PW, PasswordMethod::Scram)
+        .unwrap();
+    pg.create_user("md5user", MD5_PW, PasswordMethod::Md5)
+        .unwrap();
+    pg.create_database("shop", "app").unwrap();
+    pg.psql(
+        "shop",
+        "CREATE TABLE items (id int PRIMARY KEY, name text, qty int);
+         INSERT INTO items SELECT g, 'item ' || g, g FROM generate_series(1, 100) g;
+         ALTER TABLE items OWNER TO app;
+         GRANT ALL ON items TO md5user;",
+    )
+    .unwrap();
+    pg
+}
+
+/// pgferry settings used by most tests: auth_file with both users, SCRAM for clients.
+pub fn base_config(pg_port: u16, mode: PoolMode, pool_size: u32, dir: &std::path::Path) -> Config {
+    let userlist = dir.join("userlist.txt");
+    let mut f = std::fs::File::create(&userlist).unwrap();
+    writeln!(f, "\"app\" \"{APP_PW}\"").unwrap();
+    writeln!(
+        f,
+        "\"md5user\" \"{}\"",
+        postgres_protocol::password::md5(MD5_PW.as_bytes(), "md5user")
+    )
+    .unwrap();
+    let mut c = Config::default();
+    c.pgferry.listen_addr = "127.0.0.1".into();
+    c.pgferry.listen_port = 0;
+    c.pgferry.pool_mode = mode;
+    c.pgferry.default_pool_size = pool_size;
+    c.pgferry.max_client_conn = 5000;
+    c.pgferry.auth_type = AuthType::ScramSha256;
+    c.pgferry.auth_file = Some(userlist);
+    c.databases.insert(
+        "shop".into(),
+        Database {
+            host: "127.0.0.1".into(),
+            port: pg_port,
+            ..Database::default()
+        },
+    );
+    c
+}
+
+/// PostgreSQL + pgferry with the given pool mode and size; `tweak` edits the config.
+pub async fn env(mode: PoolMode, pool_size: u32, tweak: impl FnOnce(&mut Config)) -> Env {
+    let pg = tokio::task::spawn_blocking(cluster).await.unwrap();
+    env_with(pg, mode, pool_size, tweak).await
+}
+
+pub async fn env_with(
+    pg: PgCluster,
+    mode: PoolMode,
+    pool_size: u32,
+    tweak: impl FnOnce(&mut Config),
+) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = base_config(pg.port(), mode, pool_size, dir.path());
+    tweak(&mut config);
+    let ferry = app::start(config.clone()).await.expect("start pgferry");
+    Env {
+        addr: ferry.addr,
+        pg,
+        ferry: Some(ferry),
+        config,
+        _dir: dir,
+    }
+}
+
+impl Env {
+    /// Connection string through pgferry.
+    pub fn url(&self, user: &str, password: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname=shop connect_timeout=10",
+            self.addr.port()
+        )
+    }
+
+    /// A client of pgferry as `app`.
+    pub async fn connect(&self) -> Client {
+        self.try_connect("app", APP_PW)
+            .await
+            .expect("connect through pgferry")
+    }
+
+    pub async fn try_connect(&self, user: &str, pw: &str) -> Result<Client, tokio_postgres::Error> {
+        connect_url(&self.url(user, pw)).await
+    }
+
+    /// A superuser connection straight to PostgreSQL (for assertions).
+    pub async fn direct(&self) -> Client {
+        connect_url(&format!(
+            "host=127.0.0.1 port={} user=postgres dbname=shop",
+            self.pg.port()
+        ))
+        .await
+        .expect("connect to PostgreSQL")
+    }
+
+    /// Backends of `user` on PostgreSQL now.
+    pub async fn backends(&self, direct: &Client, user: &str) -> i64 {
+        direct
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
+                &[&user],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    pub fn app(&self) -> &std::sync::Arc<pgferry::app::App> {
+        &self.ferry.as_ref().unwrap().app
+    }
+}
+
+pub async fn connect_url(url: &str) -> Result<Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// SQLSTATE of a tokio-postgres error, if the server (or pgferry) sent one.
+pub fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
+    e.code().map(|c| c.code().to_owned())
+}
+
+/// Polls `f` until it returns true or the timeout passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if f().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
