@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Transaction pooling against a real PostgreSQL: protocol coverage, prepared statements
 //! across server connections, pool bounds, parameter isolation, waits and limits, cancel.
 

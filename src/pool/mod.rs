@@ -50,6 +50,9 @@ pub struct PoolSettings {
     pub server_reset_query_always: bool,
 }
 
+/// The parameters a server reported at login, announced to clients as ParameterStatus.
+pub type Welcome = Arc<Vec<(String, String)>>;
+
 /// Server connections for one (database, user).
 pub struct Pool {
     pub database: String,
@@ -58,7 +61,7 @@ pub struct Pool {
     pub settings: PoolSettings,
     sem: Arc<Semaphore>,
     idle: Mutex<Vec<ServerConn>>,
-    welcome: Mutex<Option<Arc<Vec<(String, String)>>>>,
+    welcome: Mutex<Option<Welcome>>,
     /// Serialises the first login's fetch of `welcome`, so a burst of new clients opens one
     /// server connection for it rather than queueing them all.
     welcome_fetch: tokio::sync::Mutex<()>,
@@ -86,12 +89,12 @@ impl Pool {
     }
 
     /// The parameters the server reported at login, sent to clients as ParameterStatus.
-    pub fn welcome(&self) -> Option<Arc<Vec<(String, String)>>> {
+    pub fn welcome(&self) -> Option<Welcome> {
         self.welcome.lock().clone()
     }
 
     /// The welcome parameters, opening a server connection to learn them the first time.
-    pub async fn fetch_welcome(self: &Arc<Self>) -> Result<Arc<Vec<(String, String)>>, PoolError> {
+    pub async fn fetch_welcome(self: &Arc<Self>) -> Result<Welcome, PoolError> {
         if let Some(w) = self.welcome() {
             return Ok(w);
         }

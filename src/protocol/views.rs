@@ -85,7 +85,7 @@ impl<'a> TargetView<'a> {
 /// The query text of a simple Query ('Q'), without its NUL.
 pub fn query_text(body: &[u8]) -> Result<&[u8], FrameError> {
     match split_cstr(body) {
-        Some((q, rest)) if rest.is_empty() => Ok(q),
+        Some((q, [])) => Ok(q),
         _ => Err(FrameError::Malformed("Query")),
     }
 }

@@ -1,6 +1,6 @@
 //! Shared harness for the integration tests: a throwaway PostgreSQL (testkit), pgferry started
 //! in-process in front of it, and helpers to connect through pgferry or directly.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use pgferry::app::{self, Running};
 use pgferry::config::{AuthType, Config, Database, PoolMode};
