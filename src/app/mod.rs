@@ -3,6 +3,7 @@
 //! `Arc<App>`; nothing is global, so tests run many instances in one process.
 
 pub mod cancel;
+pub mod registry;
 
 use crate::auth::{self, ScramSecret, Secret};
 use crate::config::{Config, PoolMode};
@@ -11,6 +12,7 @@ use crate::server::{ServerPassword, ServerTarget};
 use arc_swap::ArcSwap;
 use cancel::CancelRegistry;
 use dashmap::DashMap;
+use registry::{ClientInfo, DbControl};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -58,6 +60,11 @@ pub struct App {
     scram_cache: DashMap<String, ScramSecret>,
     pub pools: DashMap<(String, String), Arc<Pool>>,
     pub cancels: CancelRegistry,
+    /// Logged-in clients, by id (SHOW CLIENTS, KILL_CLIENT).
+    pub client_list: DashMap<u64, Arc<ClientInfo>>,
+    next_client_id: AtomicU64,
+    /// PAUSE / DISABLE / RECONNECT state per database.
+    pub db_controls: DashMap<String, Arc<DbControl>>,
     /// Clients connected now (including those still logging in).
     pub clients: AtomicUsize,
     clients_gone: Notify,
@@ -74,6 +81,9 @@ impl App {
             scram_cache: DashMap::new(),
             pools: DashMap::new(),
             cancels: CancelRegistry::default(),
+            client_list: DashMap::new(),
+            next_client_id: AtomicU64::new(1),
+            db_controls: DashMap::new(),
             clients: AtomicUsize::new(0),
             clients_gone: Notify::new(),
             counters: Counters::default(),
@@ -143,9 +153,40 @@ impl App {
         let pool = self
             .pools
             .entry(key)
-            .or_insert_with(|| Pool::new(db, &server_user, target, settings))
+            .or_insert_with(|| Pool::new(db, &server_user, target, settings, self.db_control(db)))
             .clone();
         Some(pool)
+    }
+
+    /// The control state of a database (created on first use).
+    pub fn db_control(&self, db: &str) -> Arc<DbControl> {
+        self.db_controls.entry(db.to_owned()).or_default().clone()
+    }
+
+    /// Lists a logged-in client; it is removed by [`App::unregister_client`].
+    pub fn register_client(
+        &self,
+        addr: SocketAddr,
+        local_addr: Option<SocketAddr>,
+        user: &str,
+        database: &str,
+        application_name: &str,
+    ) -> Arc<ClientInfo> {
+        let id = self.next_client_id.fetch_add(1, Ordering::Relaxed);
+        let info = Arc::new(ClientInfo::new(
+            id,
+            addr,
+            local_addr,
+            user,
+            database,
+            application_name,
+        ));
+        self.client_list.insert(id, info.clone());
+        info
+    }
+
+    pub fn unregister_client(&self, id: u64) {
+        self.client_list.remove(&id);
     }
 
     /// A receiver that turns true when shutdown begins.

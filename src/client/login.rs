@@ -133,6 +133,15 @@ async fn startup(
         .await
         .map(|_| None);
     };
+    if pool.control.is_disabled() {
+        return refuse(
+            conn,
+            "08P01",
+            &format!("database \"{database}\" is disabled"),
+        )
+        .await
+        .map(|_| None);
+    }
     let welcome = match pool.fetch_welcome().await {
         Ok(w) => w,
         Err(e) => {
@@ -159,6 +168,7 @@ async fn startup(
         return Err(e.into());
     }
     app.counters.logins.fetch_add(1, Ordering::Relaxed);
+    pool.stats.logins.fetch_add(1, Ordering::Relaxed);
     Ok(Some(Login {
         pool,
         user,

@@ -61,7 +61,16 @@ async fn session_for(
     if app.config.load().pgferry.log_connections {
         tracing::info!(%peer, %db, %user, "login");
     }
-    let r = session::run(app, conn, login).await;
+    let info = app.register_client(
+        peer,
+        conn.stream().local_addr().ok(),
+        &user,
+        &db,
+        login.params.get("application_name").unwrap_or(""),
+    );
+    let id = info.id;
+    let r = session::run(app, conn, login, info).await;
+    app.unregister_client(id);
     if app.config.load().pgferry.log_disconnections {
         tracing::info!(%peer, %db, %user, outcome = %match &r { Ok(()) => "closed".to_owned(), Err(e) => e.to_string() }, "logout");
     }

@@ -9,6 +9,7 @@ use super::params::ClientParams;
 use super::statements::{Statements, Stmt};
 use super::ClientError;
 use crate::app::cancel::{CancelSlot, CancelTarget};
+use crate::app::registry::{now_us, ClientInfo, ClientState};
 use crate::app::App;
 use crate::config::PoolMode;
 use crate::net::{Conn, NetError};
@@ -22,7 +23,7 @@ use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -61,6 +62,18 @@ enum Flow {
     Exit,
 }
 
+/// Counters kept locally and added to the pool's totals once per request, so the per-message
+/// path touches no shared cache line.
+#[derive(Default)]
+struct Tally {
+    queries: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    client_parses: u64,
+    server_parses: u64,
+    binds: u64,
+}
+
 struct Session<'a> {
     app: &'a Arc<App>,
     client: &'a mut Conn<TcpStream>,
@@ -85,6 +98,11 @@ struct Session<'a> {
     search_path_dirty: bool,
     cancel: Arc<CancelSlot>,
     shutdown: watch::Receiver<bool>,
+    info: Arc<ClientInfo>,
+    tally: Tally,
+    /// When the outstanding request and the open transaction started.
+    request_start: Option<Instant>,
+    xact_start: Option<Instant>,
 }
 
 /// Runs a logged-in client's session until it ends.
@@ -92,6 +110,7 @@ pub async fn run(
     app: &Arc<App>,
     client: &mut Conn<TcpStream>,
     login: Login,
+    info: Arc<ClientInfo>,
 ) -> Result<(), ClientError> {
     let mode = login.pool.settings.mode;
     let pid = login.pid;
@@ -112,6 +131,10 @@ pub async fn run(
         search_path_dirty: false,
         cancel: login.cancel,
         shutdown: app.shutdown_signal(),
+        info,
+        tally: Tally::default(),
+        request_start: None,
+        xact_start: None,
     };
     let r = s.run_loop().await;
     s.finish().await;
@@ -174,6 +197,7 @@ impl Session<'_> {
                     tokio::select! {
                         r = self.client.fill() => { r?; None }
                         r = sconn.fill() => r.err(),
+                        _ = self.info.kill.notified() => return self.killed().await,
                         r = self.shutdown.changed(), if watch_shutdown => {
                             watch_shutdown = r.is_ok();
                             None
@@ -183,6 +207,7 @@ impl Session<'_> {
                 None => {
                     tokio::select! {
                         r = self.client.fill() => { r?; None }
+                        _ = self.info.kill.notified() => return self.killed().await,
                         r = self.shutdown.changed(), if watch_shutdown => {
                             watch_shutdown = r.is_ok();
                             None
@@ -201,6 +226,18 @@ impl Session<'_> {
         self.pending.is_empty() && !self.unsynced && self.tx == b'I'
     }
 
+    /// KILL / KILL_CLIENT from the admin console.
+    async fn killed(&mut self) -> Result<(), ClientError> {
+        build::error(
+            self.client.out(),
+            Severity::Fatal,
+            "57P01",
+            "terminating connection due to administrator command",
+        );
+        self.client.flush().await?;
+        Err(ClientError::Refused("killed by admin".into()))
+    }
+
     async fn protocol_violation(&mut self, why: &str) -> Result<(), ClientError> {
         build::error(self.client.out(), Severity::Fatal, "08P01", why);
         self.client.flush().await?;
@@ -211,6 +248,10 @@ impl Session<'_> {
 
     async fn on_client_frame(&mut self, f: Frame) -> Result<Flow, ClientError> {
         let t = f.tag();
+        self.tally.bytes_in += f.len() as u64;
+        if matches!(t, tag::QUERY | tag::PARSE | tag::BIND | tag::FUNCTION_CALL) {
+            self.info.request_time_us.store(now_us(), Ordering::Relaxed);
+        }
         if t == tag::TERMINATE {
             return Ok(Flow::Exit);
         }
@@ -219,7 +260,7 @@ impl Session<'_> {
         }
         match t {
             tag::QUERY => {
-                self.app.counters.queries.fetch_add(1, Ordering::Relaxed);
+                self.tally.queries += 1;
                 let Ok(q) = views::query_text(f.body()) else {
                     self.protocol_violation("malformed Query message").await?;
                     return Ok(Flow::Exit);
@@ -240,7 +281,7 @@ impl Session<'_> {
             tag::BIND => self.on_bind(&f).await?,
             tag::DESCRIBE => self.on_describe(&f).await?,
             tag::EXECUTE => {
-                self.app.counters.queries.fetch_add(1, Ordering::Relaxed);
+                self.tally.queries += 1;
                 if self.ensure_server(true).await? {
                     self.forward(&f, Some(Pending::Execute));
                     self.unsynced = true;
@@ -282,6 +323,7 @@ impl Session<'_> {
         let Ok(p) = ParseView::new(f.body()) else {
             return self.protocol_violation("malformed Parse message").await;
         };
+        self.tally.client_parses += 1;
         if self.rewrite && mentions_search_path(p.query) {
             self.search_path_dirty = true;
         }
@@ -340,6 +382,7 @@ impl Session<'_> {
             self.pending.push_back(Pending::Close { hidden: true });
         }
         sc.conn.queue(&stmt.parse);
+        self.tally.server_parses += 1;
         self.pending.push_back(Pending::Parse {
             hidden,
             id: Some(stmt.id),
@@ -371,6 +414,7 @@ impl Session<'_> {
         let Ok(b) = BindView::new(f.body()) else {
             return self.protocol_violation("malformed Bind message").await;
         };
+        self.tally.binds += 1;
         if !self.rewrite || b.statement.is_empty() {
             if self.ensure_server(true).await? {
                 self.forward(f, Some(Pending::Bind));
@@ -446,6 +490,9 @@ impl Session<'_> {
         if let Some(c) = self.server.as_mut() {
             c.conn().conn.queue(f.raw());
             if let Some(p) = p {
+                if self.request_start.is_none() {
+                    self.request_start = Some(Instant::now());
+                }
                 self.pending.push_back(p);
             }
         }
@@ -486,7 +533,10 @@ impl Session<'_> {
         if self.server.is_some() {
             return Ok(true);
         }
-        let mut c = match self.pool.checkout().await {
+        self.info.set_state(ClientState::Waiting);
+        let checkout = self.pool.checkout().await;
+        self.info.set_state(ClientState::Idle);
+        let mut c = match checkout {
             Ok(c) => c,
             Err(PoolError::WaitTimeout) => {
                 build::error(
@@ -556,6 +606,12 @@ impl Session<'_> {
                 secret: sc.secret,
             }))
             .await;
+        sc.info.client.store(self.info.id, Ordering::Relaxed);
+        self.info.server.store(sc.id, Ordering::Relaxed);
+        self.info.set_state(ClientState::Active);
+        if self.xact_start.is_none() {
+            self.xact_start = Some(Instant::now());
+        }
         self.server = Some(c);
         Ok(true)
     }
@@ -563,6 +619,7 @@ impl Session<'_> {
     // ----- server → client -------------------------------------------------------------
 
     async fn on_server_frame(&mut self, f: Frame) -> Result<(), ClientError> {
+        self.tally.bytes_out += f.len() as u64;
         match f.tag() {
             tag::NOTICE_RESPONSE | tag::NOTIFICATION_RESPONSE => self.client.queue(f.raw()),
             tag::PARAMETER_STATUS => {
@@ -585,6 +642,8 @@ impl Session<'_> {
                     }
                 }
                 self.errored = true;
+                self.pool
+                    .count_error(views::error_field(f.body(), b'C').unwrap_or(b"XX"));
                 self.client.queue(f.raw());
             }
             tag::PARSE_COMPLETE => match self.pending.pop_front() {
@@ -644,12 +703,7 @@ impl Session<'_> {
         self.errored = false;
         self.client.queue(f.raw());
         self.drain_local();
-        if status == b'I' {
-            self.app
-                .counters
-                .transactions
-                .fetch_add(1, Ordering::Relaxed);
-        }
+        self.account(status);
         if self.mode == PoolMode::Statement && status != b'I' {
             // The server stays in the transaction: close it with the client.
             self.server = None;
@@ -667,6 +721,46 @@ impl Session<'_> {
             self.release().await;
         }
         Ok(())
+    }
+
+    /// Adds this request's counters and times to the pool's totals (once per ReadyForQuery).
+    fn account(&mut self, status: u8) {
+        let st = &self.pool.stats;
+        let now = Instant::now();
+        if self.pending.is_empty() {
+            if let Some(t0) = self.request_start.take() {
+                st.query_time_us
+                    .fetch_add(now.duration_since(t0).as_micros() as u64, Ordering::Relaxed);
+            }
+        }
+        if status == b'I' {
+            st.xacts.fetch_add(1, Ordering::Relaxed);
+            self.app
+                .counters
+                .transactions
+                .fetch_add(1, Ordering::Relaxed);
+            if let Some(t0) = self.xact_start.take() {
+                st.xact_time_us
+                    .fetch_add(now.duration_since(t0).as_micros() as u64, Ordering::Relaxed);
+            }
+            if self.mode == PoolMode::Session {
+                // A session keeps its server: the next transaction starts with its next request.
+                self.xact_start = None;
+            }
+        } else if self.xact_start.is_none() {
+            self.xact_start = Some(now);
+        }
+        let t = std::mem::take(&mut self.tally);
+        add(&st.queries, t.queries);
+        add(&self.app.counters.queries, t.queries);
+        add(&st.bytes_received, t.bytes_in);
+        add(&st.bytes_sent, t.bytes_out);
+        add(&st.client_parses, t.client_parses);
+        add(&st.server_parses, t.server_parses);
+        add(&st.binds, t.binds);
+        self.info
+            .prepared_statements
+            .store(self.stmts.len(), Ordering::Relaxed);
     }
 
     /// CommandComplete tags that change state pgferry keeps for the client.
@@ -739,6 +833,8 @@ impl Session<'_> {
         // Clear the cancel target first: a cancel being delivered finishes before the server
         // can run anyone else's query.
         self.cancel.set(None).await;
+        self.info.server.store(0, Ordering::Relaxed);
+        self.info.set_state(ClientState::Idle);
         c.release();
     }
 
@@ -758,6 +854,10 @@ impl Session<'_> {
         self.server = None; // dropped: closed, never returned to the pool
         self.cancel.set(None).await;
         self.pending.clear();
+        self.info.server.store(0, Ordering::Relaxed);
+        self.info.set_state(ClientState::Idle);
+        self.request_start = None;
+        self.xact_start = None;
         let recoverable = self.mode != PoolMode::Session
             && self.tx == b'I'
             && requests <= 1
@@ -815,6 +915,12 @@ impl Session<'_> {
             c.conn().unreported.clear();
         }
         c.release();
+    }
+}
+
+fn add(counter: &std::sync::atomic::AtomicU64, v: u64) {
+    if v > 0 {
+        counter.fetch_add(v, Ordering::Relaxed);
     }
 }
 

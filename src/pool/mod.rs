@@ -2,8 +2,9 @@
 //! waiting clients served FIFO (tokio's semaphore is fair), idle connections reused LIFO, and a
 //! checkout guard that closes its connection unless it is explicitly released clean.
 
+use crate::app::registry::{now_us, DbControl};
 use crate::config::PoolMode;
-use crate::server::{self, ServerConn, ServerError, ServerTarget};
+use crate::server::{self, ServerConn, ServerError, ServerMap, ServerTarget};
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -21,11 +22,10 @@ pub enum PoolError {
     Closed,
 }
 
-/// Counters for one pool (read by the demo, the admin console and metrics).
+/// Counters for one pool (read by the demo, the admin console and metrics). Totals are
+/// PgBouncer's: times in microseconds, bytes as seen on the client side.
 #[derive(Debug, Default)]
 pub struct PoolStats {
-    /// Server connections open now (idle + in use).
-    pub servers: AtomicUsize,
     /// Server connections in use now.
     pub active: AtomicUsize,
     /// Clients waiting for a server now.
@@ -37,6 +37,22 @@ pub struct PoolStats {
     /// Total and maximum time clients spent waiting for a server, in microseconds.
     pub wait_us_total: AtomicU64,
     pub wait_us_max: AtomicU64,
+    /// Transactions (and single statements outside one) completed.
+    pub xacts: AtomicU64,
+    /// Queries: simple Query messages and extended Execute messages.
+    pub queries: AtomicU64,
+    /// Bytes received from and sent to clients.
+    pub bytes_received: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub xact_time_us: AtomicU64,
+    pub query_time_us: AtomicU64,
+    /// Parse messages from clients, Parse messages sent to servers, Bind messages.
+    pub client_parses: AtomicU64,
+    pub server_parses: AtomicU64,
+    pub binds: AtomicU64,
+    pub logins: AtomicU64,
+    /// ErrorResponses sent to clients, by SQLSTATE class (first two characters).
+    pub errors: dashmap::DashMap<[u8; 2], u64>,
 }
 
 /// Per-pool settings derived from the configuration.
@@ -59,6 +75,10 @@ pub struct Pool {
     pub user: String,
     pub target: ServerTarget,
     pub settings: PoolSettings,
+    /// PAUSE / DISABLE / RECONNECT state of the database.
+    pub control: Arc<DbControl>,
+    /// Every open server connection of this pool (idle and in use).
+    pub servers: ServerMap,
     sem: Arc<Semaphore>,
     idle: Mutex<Vec<ServerConn>>,
     welcome: Mutex<Option<Welcome>>,
@@ -74,11 +94,14 @@ impl Pool {
         user: &str,
         target: ServerTarget,
         settings: PoolSettings,
+        control: Arc<DbControl>,
     ) -> Arc<Pool> {
         Arc::new(Pool {
             database: database.to_owned(),
             user: user.to_owned(),
             target,
+            control,
+            servers: ServerMap::default(),
             sem: Arc::new(Semaphore::new(settings.size as usize)),
             settings,
             idle: Mutex::new(Vec::new()),
@@ -111,7 +134,13 @@ impl Pool {
         let start = Instant::now();
         let permit = {
             let _waiting = Gauge::inc(&self.stats.waiting);
-            let acquire = self.sem.clone().acquire_owned();
+            let sem = self.sem.clone();
+            let control = self.control.clone();
+            // PAUSE holds new work here, counted as waiting; RESUME lets it go.
+            let acquire = async move {
+                control.wait_resumed().await;
+                sem.acquire_owned().await
+            };
             match self.settings.query_wait_timeout {
                 Some(d) => tokio::time::timeout(d, acquire)
                     .await
@@ -129,6 +158,8 @@ impl Pool {
             Some(c) => c,
             None => self.open().await?,
         };
+        conn.info.active.store(true, Ordering::Relaxed);
+        conn.info.request_time_us.store(now_us(), Ordering::Relaxed);
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
         self.stats.active.fetch_add(1, Ordering::Relaxed);
         Ok(Checkout {
@@ -142,21 +173,27 @@ impl Pool {
     fn take_idle(&self) -> Option<ServerConn> {
         loop {
             let mut c = self.idle.lock().pop()?;
-            let expired = self
-                .settings
-                .server_lifetime
-                .is_some_and(|l| c.created.elapsed() >= l);
-            if !expired && c.is_alive_idle() {
+            if !self.is_stale(&c) && c.is_alive_idle() {
                 return Some(c);
             }
-            tracing::debug!(server = c.id, expired, "discarding idle server connection");
-            self.stats.servers.fetch_sub(1, Ordering::Relaxed);
+            tracing::debug!(server = c.id, "discarding idle server connection");
         }
     }
 
+    /// Past server_lifetime, or opened before the last RECONNECT.
+    fn is_stale(&self, c: &ServerConn) -> bool {
+        c.generation != self.control.generation()
+            || self
+                .settings
+                .server_lifetime
+                .is_some_and(|l| c.created.elapsed() >= l)
+    }
+
     async fn open(&self) -> Result<ServerConn, ServerError> {
-        let conn = server::connect(&self.target).await?;
-        self.stats.servers.fetch_add(1, Ordering::Relaxed);
+        let generation = self.control.generation();
+        let mut conn = server::connect(&self.target).await?;
+        conn.generation = generation;
+        conn.track(&self.servers);
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
         let mut welcome = self.welcome.lock();
         if welcome.is_none() {
@@ -174,18 +211,33 @@ impl Pool {
         self.idle.lock().len()
     }
 
-    /// Closes every idle connection (used at shutdown).
+    /// Server connections open now (idle and in use).
+    pub fn server_count(&self) -> usize {
+        self.servers.len()
+    }
+
+    /// Closes every idle connection (shutdown, PAUSE, RECONNECT, KILL).
     pub fn close_idle(&self) {
         let drained: Vec<ServerConn> = std::mem::take(&mut *self.idle.lock());
-        self.stats
-            .servers
-            .fetch_sub(drained.len(), Ordering::Relaxed);
+        drop(drained);
     }
 
     fn put_back(&self, mut conn: ServerConn) {
+        conn.info.active.store(false, Ordering::Relaxed);
+        conn.info.client.store(0, Ordering::Relaxed);
+        if self.is_stale(&conn) {
+            return; // closed: RECONNECT or server_lifetime
+        }
         conn.last_used = Instant::now();
         conn.conn.shrink();
         self.idle.lock().push(conn);
+    }
+
+    /// Counts an ErrorResponse sent to a client.
+    pub fn count_error(&self, sqlstate: &[u8]) {
+        if let [a, b, ..] = sqlstate {
+            *self.stats.errors.entry([*a, *b]).or_insert(0) += 1;
+        }
     }
 }
 
@@ -229,7 +281,6 @@ impl Drop for Checkout {
         if let Some(c) = self.conn.take() {
             tracing::debug!(server = c.id, "closing server connection in unknown state");
             self.pool.stats.active.fetch_sub(1, Ordering::Relaxed);
-            self.pool.stats.servers.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }

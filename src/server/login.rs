@@ -2,7 +2,7 @@
 //! cleartext / md5 / SCRAM-SHA-256 authentication, then the parameters and backend key the
 //! server reports until its first ReadyForQuery.
 
-use super::{ServerConn, ServerError};
+use super::{ServerConn, ServerError, ServerInfo};
 use crate::net::{Conn, NetError};
 use crate::protocol::{build, tag, views};
 use bytes::BytesMut;
@@ -154,7 +154,16 @@ async fn login(server: &mut ServerConn, t: &ServerTarget) -> Result<(), ServerEr
                 server.pid = pid;
                 server.secret = secret;
             }
-            tag::READY_FOR_QUERY => return Ok(()),
+            tag::READY_FOR_QUERY => {
+                // The backend key is known only now; publish it for the admin console.
+                let mut info = ServerInfo {
+                    pid: server.pid,
+                    ..ServerInfo::clone_base(&server.info)
+                };
+                info.local_addr = server.conn.stream().local_addr().ok();
+                server.info = std::sync::Arc::new(info);
+                return Ok(());
+            }
             tag::ERROR_RESPONSE => return Err(ServerError::Server(f.raw().clone())),
             tag::NOTICE_RESPONSE | tag::NEGOTIATE_PROTOCOL => {}
             _ => return Err(ServerError::Protocol("unexpected message during login")),

@@ -7,12 +7,16 @@ pub mod prepared;
 
 pub use login::{connect, ServerPassword, ServerTarget};
 
+use crate::app::registry::now_us;
 use crate::net::{Conn, NetError};
 use crate::protocol::{tag, views, Frame};
 use bytes::Bytes;
+use dashmap::DashMap;
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 use tokio::net::TcpStream;
 
@@ -49,6 +53,57 @@ pub fn error_message(raw: &Bytes) -> String {
     String::from_utf8_lossy(msg).into_owned()
 }
 
+/// What the admin console shows of one server connection.
+#[derive(Debug)]
+pub struct ServerInfo {
+    pub id: u64,
+    pub addr: SocketAddr,
+    pub local_addr: Option<SocketAddr>,
+    pub pid: i32,
+    pub connect_time_us: u64,
+    /// Held by a client now.
+    pub active: AtomicBool,
+    /// Id of the client holding it, 0 if none.
+    pub client: AtomicU64,
+    /// When it was last handed to a client (µs since epoch).
+    pub request_time_us: AtomicU64,
+    pub prepared_statements: AtomicUsize,
+    pub application_name: Mutex<String>,
+}
+
+impl ServerInfo {
+    /// A fresh copy of the identity fields (counters start from zero).
+    fn clone_base(o: &ServerInfo) -> ServerInfo {
+        ServerInfo {
+            id: o.id,
+            addr: o.addr,
+            local_addr: o.local_addr,
+            pid: o.pid,
+            connect_time_us: o.connect_time_us,
+            active: AtomicBool::new(false),
+            client: AtomicU64::new(0),
+            request_time_us: AtomicU64::new(o.request_time_us.load(Ordering::Relaxed)),
+            prepared_statements: AtomicUsize::new(0),
+            application_name: Mutex::new(String::new()),
+        }
+    }
+}
+
+/// Servers of one pool, by id; each connection removes itself when it closes.
+pub type ServerMap = Arc<DashMap<u64, Arc<ServerInfo>>>;
+
+/// Keeps a connection listed in its pool's map for exactly as long as it lives.
+struct Tracker {
+    map: ServerMap,
+    id: u64,
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        self.map.remove(&self.id);
+    }
+}
+
 /// One logged-in server connection.
 pub struct ServerConn {
     pub conn: Conn<TcpStream>,
@@ -66,14 +121,34 @@ pub struct ServerConn {
     pub prepared: prepared::Registry,
     pub created: Instant,
     pub last_used: Instant,
+    /// The database generation it was opened under (RECONNECT bumps it).
+    pub generation: u64,
+    pub info: Arc<ServerInfo>,
+    tracker: Option<Tracker>,
 }
 
 impl ServerConn {
     fn new(conn: Conn<TcpStream>, addr: SocketAddr, max_prepared: usize) -> Self {
         let now = Instant::now();
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let local_addr = conn.stream().local_addr().ok();
         ServerConn {
+            info: Arc::new(ServerInfo {
+                id,
+                addr,
+                local_addr,
+                pid: 0,
+                connect_time_us: now_us(),
+                active: AtomicBool::new(false),
+                client: AtomicU64::new(0),
+                request_time_us: AtomicU64::new(now_us()),
+                prepared_statements: AtomicUsize::new(0),
+                application_name: Mutex::new(String::new()),
+            }),
+            tracker: None,
+            generation: 0,
             conn,
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            id,
             addr,
             pid: 0,
             secret: 0,
@@ -83,6 +158,15 @@ impl ServerConn {
             created: now,
             last_used: now,
         }
+    }
+
+    /// Lists the connection in `map` until it is dropped.
+    pub fn track(&mut self, map: &ServerMap) {
+        map.insert(self.id, self.info.clone());
+        self.tracker = Some(Tracker {
+            map: map.clone(),
+            id: self.id,
+        });
     }
 
     /// Records a ParameterStatus; returns the (name, value) it carried.

@@ -1,0 +1,161 @@
+//! What the admin console and metrics can see of live clients and databases: one
+//! `ClientInfo` per logged-in client (state, timing, server link) and one `DbControl` per
+//! database (PAUSE / DISABLE / RECONNECT state shared by all its pools). Updated by the client
+//! tasks with relaxed atomics; read without stopping anyone.
+
+use parking_lot::Mutex;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::Notify;
+
+/// PgBouncer's client states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ClientState {
+    /// Logged in, no server, nothing waiting.
+    Idle = 0,
+    /// Holds a server connection.
+    Active = 1,
+    /// Waiting for a server connection.
+    Waiting = 2,
+}
+
+impl ClientState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientState::Idle => "idle",
+            ClientState::Active => "active",
+            ClientState::Waiting => "waiting",
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => ClientState::Active,
+            2 => ClientState::Waiting,
+            _ => ClientState::Idle,
+        }
+    }
+}
+
+/// Microseconds since the Unix epoch, now.
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// One logged-in client, as the console shows it.
+#[derive(Debug)]
+pub struct ClientInfo {
+    pub id: u64,
+    pub addr: SocketAddr,
+    pub local_addr: Option<SocketAddr>,
+    pub user: String,
+    pub database: String,
+    pub connect_time_us: u64,
+    state: AtomicU8,
+    /// When the client last sent a request (µs since epoch).
+    pub request_time_us: AtomicU64,
+    /// When the client started waiting for a server (µs since epoch), 0 if not waiting.
+    pub wait_start_us: AtomicU64,
+    /// Id of the server connection it holds, 0 if none.
+    pub server: AtomicU64,
+    pub prepared_statements: AtomicUsize,
+    pub application_name: Mutex<String>,
+    /// Notified to disconnect the client (KILL, KILL_CLIENT, removed database).
+    pub kill: Notify,
+}
+
+impl ClientInfo {
+    pub fn new(
+        id: u64,
+        addr: SocketAddr,
+        local_addr: Option<SocketAddr>,
+        user: &str,
+        database: &str,
+        application_name: &str,
+    ) -> Self {
+        let now = now_us();
+        ClientInfo {
+            id,
+            addr,
+            local_addr,
+            user: user.to_owned(),
+            database: database.to_owned(),
+            connect_time_us: now,
+            state: AtomicU8::new(ClientState::Idle as u8),
+            request_time_us: AtomicU64::new(now),
+            wait_start_us: AtomicU64::new(0),
+            server: AtomicU64::new(0),
+            prepared_statements: AtomicUsize::new(0),
+            application_name: Mutex::new(application_name.to_owned()),
+            kill: Notify::new(),
+        }
+    }
+
+    pub fn state(&self) -> ClientState {
+        ClientState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    pub fn set_state(&self, s: ClientState) {
+        self.state.store(s as u8, Ordering::Relaxed);
+        if s == ClientState::Waiting {
+            self.wait_start_us.store(now_us(), Ordering::Relaxed);
+        } else {
+            self.wait_start_us.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Control state of one logical database, shared by all its pools.
+#[derive(Debug, Default)]
+pub struct DbControl {
+    paused: AtomicBool,
+    disabled: AtomicBool,
+    /// Bumped by RECONNECT (and reloads that change the server): connections opened under an
+    /// older generation are closed when released.
+    generation: AtomicU64,
+    resumed: Notify,
+}
+
+impl DbControl {
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
+    }
+
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Release);
+        if !paused {
+            self.resumed.notify_waiters();
+        }
+    }
+
+    /// Waits while the database is paused.
+    pub async fn wait_resumed(&self) {
+        loop {
+            let notified = self.resumed.notified();
+            if !self.is_paused() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    pub fn is_disabled(&self) -> bool {
+        self.disabled.load(Ordering::Acquire)
+    }
+
+    pub fn set_disabled(&self, disabled: bool) {
+        self.disabled.store(disabled, Ordering::Release);
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn bump_generation(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
