@@ -11,11 +11,13 @@
 //! - [`app`]: shared state, listener, cancel registry, shutdown
 //! - [`testkit`]: throwaway PostgreSQL clusters for tests and the demo
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod metrics;
 pub mod net;
 pub mod pool;
 pub mod protocol;

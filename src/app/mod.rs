@@ -153,7 +153,16 @@ impl App {
         let pool = self
             .pools
             .entry(key)
-            .or_insert_with(|| Pool::new(db, &server_user, target, settings, self.db_control(db)))
+            .or_insert_with(|| {
+                Pool::new(
+                    db,
+                    &server_user,
+                    target,
+                    settings,
+                    self.db_control(db),
+                    crate::metrics::PoolObserver::default(),
+                )
+            })
             .clone();
         Some(pool)
     }

@@ -4,6 +4,7 @@
 
 use super::params::ClientParams;
 use super::{refuse, ClientError};
+use crate::admin::{self, AdminRole};
 use crate::app::cancel::CancelSlot;
 use crate::app::App;
 use crate::auth::{self, ScramServer, Secret};
@@ -29,6 +30,16 @@ pub struct Login {
     pub cancel: Arc<CancelSlot>,
 }
 
+/// Where a successful login leads.
+pub enum Outcome {
+    Session(Login),
+    /// The admin console (the virtual database `pgbouncer` / `pgferry`).
+    Admin {
+        user: String,
+        role: AdminRole,
+    },
+}
+
 /// Runs the startup phase under `client_login_timeout`. `Ok(None)` means the connection was
 /// fully handled here (a cancel request).
 pub async fn login(
@@ -36,7 +47,7 @@ pub async fn login(
     conn: &mut Conn<TcpStream>,
     peer: SocketAddr,
     count: usize,
-) -> Result<Option<Login>, ClientError> {
+) -> Result<Option<Outcome>, ClientError> {
     let timeout = app
         .config
         .load()
@@ -57,7 +68,7 @@ async fn startup(
     conn: &mut Conn<TcpStream>,
     peer: SocketAddr,
     count: usize,
-) -> Result<Option<Login>, ClientError> {
+) -> Result<Option<Outcome>, ClientError> {
     let msg = loop {
         match conn.read_startup().await {
             Ok(StartupPacket::SslRequest | StartupPacket::GssEncRequest) => {
@@ -123,6 +134,16 @@ async fn startup(
         tracing::warn!(%peer, %user, %database, "login failed: {e}");
         return Err(e);
     }
+    if admin::DATABASES.contains(&database.as_str()) {
+        let role = if cfg.pgferry.admin_users.contains(&user) {
+            AdminRole::Admin
+        } else if cfg.pgferry.stats_users.contains(&user) {
+            AdminRole::Stats
+        } else {
+            return refuse(conn, "28000", "not allowed").await.map(|_| None);
+        };
+        return Ok(Some(Outcome::Admin { user, role }));
+    }
     let Some(pool) = app.pool(&database, &user) else {
         app.counters.login_failures.fetch_add(1, Ordering::Relaxed);
         return refuse(
@@ -169,13 +190,13 @@ async fn startup(
     }
     app.counters.logins.fetch_add(1, Ordering::Relaxed);
     pool.stats.logins.fetch_add(1, Ordering::Relaxed);
-    Ok(Some(Login {
+    Ok(Some(Outcome::Session(Login {
         pool,
         user,
         params,
         pid,
         cancel,
-    }))
+    })))
 }
 
 /// Answers a request for a newer 3.x minor version or `_pq_.` options the way PostgreSQL does.

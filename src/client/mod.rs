@@ -53,8 +53,13 @@ async fn session_for(
     peer: SocketAddr,
     count: usize,
 ) -> Result<(), ClientError> {
-    let Some(login) = login::login(app, conn, peer, count).await? else {
-        return Ok(()); // a cancel request or a refused login, already answered
+    let login = match login::login(app, conn, peer, count).await? {
+        Some(login::Outcome::Session(login)) => login,
+        Some(login::Outcome::Admin { user, role }) => {
+            tracing::info!(%peer, %user, "admin console login");
+            return crate::admin::serve(app, conn, &user, role).await;
+        }
+        None => return Ok(()), // a cancel request, already answered
     };
     let db = login.pool.database.clone();
     let user = login.user.clone();

@@ -729,8 +729,10 @@ impl Session<'_> {
         let now = Instant::now();
         if self.pending.is_empty() {
             if let Some(t0) = self.request_start.take() {
+                let d = now.duration_since(t0);
+                self.pool.observer.query(d);
                 st.query_time_us
-                    .fetch_add(now.duration_since(t0).as_micros() as u64, Ordering::Relaxed);
+                    .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
             }
         }
         if status == b'I' {
@@ -740,8 +742,10 @@ impl Session<'_> {
                 .transactions
                 .fetch_add(1, Ordering::Relaxed);
             if let Some(t0) = self.xact_start.take() {
+                let d = now.duration_since(t0);
+                self.pool.observer.xact(d);
                 st.xact_time_us
-                    .fetch_add(now.duration_since(t0).as_micros() as u64, Ordering::Relaxed);
+                    .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
             }
             if self.mode == PoolMode::Session {
                 // A session keeps its server: the next transaction starts with its next request.

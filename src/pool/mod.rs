@@ -79,6 +79,8 @@ pub struct Pool {
     pub control: Arc<DbControl>,
     /// Every open server connection of this pool (idle and in use).
     pub servers: ServerMap,
+    /// Histograms for Prometheus (query, transaction and wait times).
+    pub observer: crate::metrics::PoolObserver,
     sem: Arc<Semaphore>,
     idle: Mutex<Vec<ServerConn>>,
     welcome: Mutex<Option<Welcome>>,
@@ -95,8 +97,10 @@ impl Pool {
         target: ServerTarget,
         settings: PoolSettings,
         control: Arc<DbControl>,
+        observer: crate::metrics::PoolObserver,
     ) -> Arc<Pool> {
         Arc::new(Pool {
+            observer,
             database: database.to_owned(),
             user: user.to_owned(),
             target,
@@ -149,7 +153,9 @@ impl Pool {
             }
             .map_err(|_| PoolError::Closed)?
         };
-        let waited = start.elapsed().as_micros() as u64;
+        let waited_for = start.elapsed();
+        self.observer.wait(waited_for);
+        let waited = waited_for.as_micros() as u64;
         self.stats
             .wait_us_total
             .fetch_add(waited, Ordering::Relaxed);
