@@ -624,6 +624,9 @@ impl Session<'_> {
             tag::NOTICE_RESPONSE | tag::NOTIFICATION_RESPONSE => self.client.queue(f.raw()),
             tag::PARAMETER_STATUS => {
                 if let Some((name, value)) = self.server_conn().note_parameter(&f) {
+                    if name == "application_name" {
+                        value.clone_into(&mut self.info.application_name.lock());
+                    }
                     self.params.note_reported(&name, &value);
                 }
                 self.client.queue(f.raw());
