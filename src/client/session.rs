@@ -40,11 +40,16 @@ enum Pending {
     },
     Bind,
     Describe,
-    Execute,
+    /// `copy_ends`: CopyDone/CopyFail messages the client had sent when this was forwarded.
+    Execute {
+        copy_ends: u64,
+    },
     Close {
         hidden: bool,
     },
-    Sync,
+    Sync {
+        copy_ends: u64,
+    },
     /// A simple Query or FunctionCall: answered up to its ReadyForQuery.
     Query,
     /// A reply pgferry makes itself, sent when everything before it has been answered.
@@ -53,7 +58,7 @@ enum Pending {
 
 impl Pending {
     fn ends_at_ready(&self) -> bool {
-        matches!(self, Pending::Sync | Pending::Query)
+        matches!(self, Pending::Sync { .. } | Pending::Query)
     }
 }
 
@@ -100,6 +105,11 @@ struct Session<'a> {
     shutdown: watch::Receiver<bool>,
     info: Arc<ClientInfo>,
     tally: Tally,
+    /// CopyDone/CopyFail messages forwarded so far.
+    copy_ends: u64,
+    /// The server is in extended-protocol COPY FROM STDIN until the client's next copy end:
+    /// PostgreSQL ignores Sync meanwhile, so no ReadyForQuery will answer one.
+    copy_in_until: Option<u64>,
     /// When the outstanding request and the open transaction started.
     request_start: Option<Instant>,
     xact_start: Option<Instant>,
@@ -133,6 +143,8 @@ pub async fn run(
         shutdown: app.shutdown_signal(),
         info,
         tally: Tally::default(),
+        copy_ends: 0,
+        copy_in_until: None,
         request_start: None,
         xact_start: None,
     };
@@ -283,7 +295,8 @@ impl Session<'_> {
             tag::EXECUTE => {
                 self.tally.queries += 1;
                 if self.ensure_server(true).await? {
-                    self.forward(&f, Some(Pending::Execute));
+                    let copy_ends = self.copy_ends;
+                    self.forward(&f, Some(Pending::Execute { copy_ends }));
                     self.unsynced = true;
                 }
             }
@@ -291,7 +304,12 @@ impl Session<'_> {
             tag::SYNC => {
                 self.skipping = false;
                 if self.server.is_some() {
-                    self.forward(&f, Some(Pending::Sync));
+                    if self.copy_in_until == Some(self.copy_ends) {
+                        self.forward(&f, None); // ignored by the server during COPY
+                    } else {
+                        let copy_ends = self.copy_ends;
+                        self.forward(&f, Some(Pending::Sync { copy_ends }));
+                    }
                     self.unsynced = false;
                 } else {
                     let mut b = BytesMut::new();
@@ -305,6 +323,10 @@ impl Session<'_> {
                 }
             }
             tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => {
+                if t != tag::COPY_DATA {
+                    self.copy_ends += 1;
+                    self.copy_in_until = None;
+                }
                 if self.server.is_some() {
                     self.forward(&f, None);
                     self.flush_server_if_full().await?;
@@ -548,7 +570,9 @@ impl Session<'_> {
                 self.client.flush().await?;
                 return Err(ClientError::Refused("query_wait_timeout".into()));
             }
-            Err(PoolError::Server(ServerError::Server(raw))) => {
+            Err(PoolError::Server(ServerError::Server(raw)))
+                if !ServerError::Server(raw.clone()).is_transient() =>
+            {
                 // The server refused pgferry's login (e.g. the database is gone): every
                 // query would fail the same way, so end the session with the server's words.
                 self.client.queue(&raw);
@@ -632,6 +656,17 @@ impl Session<'_> {
                 self.client.queue(f.raw());
             }
             tag::READY_FOR_QUERY => return self.on_ready(f).await,
+            tag::ERROR_RESPONSE if is_fatal(f.body()) => {
+                // The server is going away (terminated backend, shutdown): the connection is
+                // finished, whatever follows.
+                let code = views::error_field(f.body(), b'C').unwrap_or(b"08006");
+                let code = String::from_utf8_lossy(code).into_owned();
+                let msg =
+                    views::error_field(f.body(), b'M').unwrap_or(b"server closed the connection");
+                let why = format!("server connection lost: {}", String::from_utf8_lossy(msg));
+                self.pool.count_error(code.as_bytes());
+                return self.server_lost_with(&code, &why).await;
+            }
             tag::ERROR_RESPONSE => {
                 // In the extended protocol the server now skips everything up to Sync.
                 if !matches!(self.pending.front(), Some(Pending::Query) | None) {
@@ -679,8 +714,21 @@ impl Session<'_> {
                 if f.tag() == tag::COMMAND_COMPLETE {
                     self.on_command_tag(views::command_tag(f.body()));
                 }
-                if matches!(self.pending.front(), Some(Pending::Execute)) {
+                if matches!(self.pending.front(), Some(Pending::Execute { .. })) {
                     self.pending.pop_front();
+                }
+                self.client.queue(f.raw());
+            }
+            tag::COPY_IN => {
+                if let Some(&Pending::Execute { copy_ends }) = self.pending.front() {
+                    // Extended-protocol COPY FROM STDIN: the Syncs the client sent after this
+                    // Execute and before its copy end are ignored by the server.
+                    self.pending.retain(
+                        |p| !matches!(p, Pending::Sync { copy_ends: c } if *c == copy_ends),
+                    );
+                    if self.copy_ends == copy_ends {
+                        self.copy_in_until = Some(copy_ends);
+                    }
                 }
                 self.client.queue(f.raw());
             }
@@ -857,45 +905,47 @@ impl Session<'_> {
     /// was on that server (transaction mode, between transactions, one request in flight);
     /// otherwise it is told and disconnected, since its transaction or session is gone.
     async fn server_lost(&mut self, e: &NetError) -> Result<(), ClientError> {
-        let requests = self.pending.iter().filter(|p| p.ends_at_ready()).count();
+        self.server_lost_with("08006", &format!("server connection lost: {e}"))
+            .await
+    }
+
+    /// The server connection failed. Outside a transaction (transaction and statement mode)
+    /// the client keeps its session: each request it had outstanding is answered with an
+    /// error and ReadyForQuery, and its next request gets a fresh server. Inside a
+    /// transaction, or in session mode, its state is gone: it gets FATAL and is disconnected.
+    async fn server_lost_with(&mut self, code: &str, why: &str) -> Result<(), ClientError> {
+        let pending = std::mem::take(&mut self.pending);
         self.server = None; // dropped: closed, never returned to the pool
         self.cancel.set(None).await;
-        self.pending.clear();
         self.info.server.store(0, Ordering::Relaxed);
         self.info.set_state(ClientState::Idle);
         self.request_start = None;
         self.xact_start = None;
-        let recoverable = self.mode != PoolMode::Session
-            && self.tx == b'I'
-            && requests <= 1
-            && !(self.unsynced && requests == 0);
-        tracing::warn!(db = %self.pool.database, error = %e, recoverable, "server connection lost");
-        self.skipping = false;
-        self.unsynced = false;
-        if recoverable {
-            if !self.errored {
-                build::error(
-                    self.client.out(),
-                    Severity::Error,
-                    "08006",
-                    "server connection lost; the query did not complete",
-                );
-            }
-            self.errored = false;
-            if requests == 1 {
-                build::ready_for_query(self.client.out(), b'I');
-            }
+        self.copy_in_until = None;
+        let recoverable = self.mode != PoolMode::Session && self.tx == b'I';
+        tracing::warn!(db = %self.pool.database, why, recoverable, "server connection lost");
+        if !recoverable {
+            build::error(self.client.out(), Severity::Fatal, code, why);
             self.client.flush().await?;
-            return Ok(());
+            return Err(ClientError::Refused("server connection lost".into()));
         }
-        build::error(
-            self.client.out(),
-            Severity::Fatal,
-            "08006",
-            "server connection lost; the session or transaction is gone",
-        );
+        let mut first = true;
+        for _ in pending.iter().filter(|p| p.ends_at_ready()) {
+            if !(first && self.errored) {
+                build::error(self.client.out(), Severity::Error, code, why);
+            }
+            build::ready_for_query(self.client.out(), b'I');
+            first = false;
+        }
+        self.errored = false;
+        self.skipping = false;
+        if self.unsynced {
+            // Extended messages still waiting for their Sync: fail them, answer the Sync.
+            self.unsynced = false;
+            self.local_error(code, why);
+        }
         self.client.flush().await?;
-        Err(ClientError::Refused("server connection lost".into()))
+        Ok(())
     }
 
     /// At the end of the session: a clean server goes back (after the reset query in session
@@ -923,6 +973,12 @@ impl Session<'_> {
         }
         c.release();
     }
+}
+
+/// True for an ErrorResponse of severity FATAL or PANIC (the server closes after it).
+fn is_fatal(body: &[u8]) -> bool {
+    let sev = views::error_field(body, b'V').or_else(|| views::error_field(body, b'S'));
+    matches!(sev, Some(b"FATAL" | b"PANIC"))
 }
 
 fn add(counter: &std::sync::atomic::AtomicU64, v: u64) {

@@ -11,6 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// Pause between connection attempts while a server is unreachable.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
 /// Why a checkout failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -129,12 +132,23 @@ impl Pool {
         if let Some(w) = self.welcome() {
             return Ok(w);
         }
-        self.checkout().await?.release();
+        self.checkout_once().await?.release();
         Ok(self.welcome().unwrap_or_default())
     }
 
-    /// Waits (FIFO, bounded by query_wait_timeout) for a server connection.
+    /// Waits (FIFO, bounded by query_wait_timeout) for a server connection. While the server
+    /// is unreachable or restarting, keeps trying within the same bound, so a PostgreSQL
+    /// restart costs waiting clients time, not errors.
     pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, PoolError> {
+        self.checkout_inner(true).await
+    }
+
+    /// Like [`Pool::checkout`] but reports a failed connection attempt at once (logins).
+    pub async fn checkout_once(self: &Arc<Self>) -> Result<Checkout, PoolError> {
+        self.checkout_inner(false).await
+    }
+
+    async fn checkout_inner(self: &Arc<Self>, retry: bool) -> Result<Checkout, PoolError> {
         let start = Instant::now();
         let permit = {
             let _waiting = Gauge::inc(&self.stats.waiting);
@@ -162,7 +176,7 @@ impl Pool {
         self.stats.wait_us_max.fetch_max(waited, Ordering::Relaxed);
         let conn = match self.take_idle() {
             Some(c) => c,
-            None => self.open().await?,
+            None => self.open_retrying(start, retry).await?,
         };
         conn.info.active.store(true, Ordering::Relaxed);
         conn.info.request_time_us.store(now_us(), Ordering::Relaxed);
@@ -183,6 +197,23 @@ impl Pool {
                 return Some(c);
             }
             tracing::debug!(server = c.id, "discarding idle server connection");
+        }
+    }
+
+    async fn open_retrying(&self, start: Instant, retry: bool) -> Result<ServerConn, ServerError> {
+        let limit = self
+            .settings
+            .query_wait_timeout
+            .unwrap_or(Duration::from_secs(3600));
+        loop {
+            match self.open().await {
+                Ok(c) => return Ok(c),
+                Err(e) if retry && e.is_transient() && start.elapsed() + RETRY_PAUSE < limit => {
+                    tracing::debug!(db = %self.database, error = %e, "server not available; retrying");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 

@@ -46,6 +46,21 @@ pub enum ServerError {
     Frame(#[from] crate::protocol::FrameError),
 }
 
+impl ServerError {
+    /// True when trying again shortly may succeed: the server is unreachable, restarting
+    /// (57P01–57P03), out of connection slots (53300), or dropped the connection mid-login.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ServerError::Connect(_) | ServerError::ConnectTimeout | ServerError::Net(_) => true,
+            ServerError::Server(raw) => {
+                let code = views::error_field(raw.get(5..).unwrap_or_default(), b'C');
+                matches!(code, Some(c) if c.starts_with(b"57P0") || c == b"53300" || c.starts_with(b"08"))
+            }
+            _ => false,
+        }
+    }
+}
+
 /// The human-readable message of a raw ErrorResponse frame.
 pub fn error_message(raw: &Bytes) -> String {
     let body = raw.get(5..).unwrap_or_default();
