@@ -4,6 +4,8 @@
 
 pub mod cancel;
 pub mod registry;
+pub mod reload;
+pub mod stats;
 
 use crate::auth::{self, ScramSecret, Secret};
 use crate::config::{Config, PoolMode};
@@ -56,8 +58,8 @@ pub struct Counters {
 /// Shared state of one running instance.
 pub struct App {
     pub config: ArcSwap<Config>,
-    userlist: ArcSwap<HashMap<String, Secret>>,
-    scram_cache: DashMap<String, ScramSecret>,
+    pub(crate) userlist: ArcSwap<HashMap<String, Secret>>,
+    pub(crate) scram_cache: DashMap<String, ScramSecret>,
     pub pools: DashMap<(String, String), Arc<Pool>>,
     pub cancels: CancelRegistry,
     /// Logged-in clients, by id (SHOW CLIENTS, KILL_CLIENT).
@@ -70,12 +72,29 @@ pub struct App {
     clients_gone: Notify,
     pub counters: Counters,
     shutdown: watch::Sender<bool>,
+    /// Prometheus recorder (None when `metrics_addr` is empty).
+    pub metrics: Option<crate::metrics::Metrics>,
+    /// Averages per `stats_period`, pools replaced by RELOAD (SHOW STATS).
+    pub stats: stats::StatsState,
+    /// Admin console state: PAUSE / SUSPEND mode, RECONNECT marks, SHUTDOWN requests.
+    pub admin: crate::admin::AdminState,
+    /// Statement analysis, memoized by text (fingerprints, classification).
+    pub sql: crate::sql::SqlCache,
+    /// Per-fingerprint statistics and N+1 events.
+    pub insight: crate::insight::Insight,
 }
 
 impl App {
     pub fn new(config: Config) -> Result<Arc<App>, AppError> {
         let userlist = load_userlist(&config)?;
+        let metrics = (!config.pgferry.metrics_addr.is_empty()).then(crate::metrics::Metrics::new);
+        let insight = crate::insight::Insight::new(config.pgferry.insight_config());
         Ok(Arc::new(App {
+            sql: crate::sql::SqlCache::default(),
+            insight,
+            metrics,
+            stats: stats::StatsState::default(),
+            admin: crate::admin::AdminState::default(),
             config: ArcSwap::from_pointee(config),
             userlist: ArcSwap::from_pointee(userlist),
             scram_cache: DashMap::new(),
@@ -160,7 +179,10 @@ impl App {
                     target,
                     settings,
                     self.db_control(db),
-                    crate::metrics::PoolObserver::default(),
+                    self.metrics
+                        .as_ref()
+                        .map(|m| m.observer(db, &server_user))
+                        .unwrap_or_default(),
                 )
             })
             .clone();
@@ -245,7 +267,7 @@ impl App {
     }
 }
 
-fn load_userlist(config: &Config) -> Result<HashMap<String, Secret>, AppError> {
+pub(crate) fn load_userlist(config: &Config) -> Result<HashMap<String, Secret>, AppError> {
     let mut users = HashMap::new();
     if let Some(path) = &config.pgferry.auth_file {
         let shown = path.display().to_string();
@@ -309,6 +331,8 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         source,
     })?;
     tracing::info!(%local, "pgferry listening");
+    stats::spawn(&app);
+    crate::metrics::start(&app).await;
     let accept = tokio::spawn(accept_loop(app.clone(), listener));
     Ok(Running {
         addr: local,
@@ -341,24 +365,70 @@ async fn accept_loop(app: Arc<App>, listener: TcpListener) {
     tracing::info!("listener closed");
 }
 
-/// Runs until a signal: SIGTERM stops accepting and lets open transactions finish (bounded by
-/// `shutdown_timeout`); SIGINT (or a second SIGTERM) exits at once.
+/// Runs until a signal or an admin SHUTDOWN: SIGTERM (and SHUTDOWN WAIT_FOR_CLIENTS) stops
+/// accepting and lets open transactions finish (bounded by `shutdown_timeout`); SIGINT (or a
+/// second SIGTERM, or SHUTDOWN) exits at once; SIGHUP reloads the configuration (as RELOAD).
 pub async fn run_until_signal(config: Config) -> Result<(), AppError> {
+    use crate::admin::ShutdownMode;
     use tokio::signal::unix::{signal, SignalKind};
     let running = start(config).await?;
     let mut term = signal(SignalKind::terminate()).map_err(AppError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(AppError::Signal)?;
-    tokio::select! {
-        _ = term.recv() => {
-            tracing::info!("SIGTERM: no new clients; waiting for open transactions");
-            let graceful = running.shutdown();
-            tokio::select! {
-                clean = graceful => tracing::info!(clean, "shut down"),
-                _ = int.recv() => tracing::info!("SIGINT: exiting now"),
-                _ = term.recv() => tracing::info!("second SIGTERM: exiting now"),
+    let mut hup = signal(SignalKind::hangup()).map_err(AppError::Signal)?;
+    let mut admin = running.app.admin.shutdown_requests();
+    let graceful = loop {
+        tokio::select! {
+            _ = hup.recv() => match running.app.reload() {
+                Ok(notes) => {
+                    tracing::info!("SIGHUP: configuration reloaded");
+                    for n in notes {
+                        tracing::info!("reload: {n}");
+                    }
+                }
+                Err(e) => tracing::error!("SIGHUP: reload failed, keeping the old configuration: {e}"),
+            },
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: no new clients; waiting for open transactions");
+                break true;
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: exiting now");
+                break false;
+            }
+            r = admin.changed() => {
+                if r.is_err() {
+                    continue;
+                }
+                let mode = *admin.borrow_and_update();
+                match mode {
+                    Some(ShutdownMode::Immediate) => {
+                        tracing::info!("SHUTDOWN: exiting now");
+                        break false;
+                    }
+                    Some(ShutdownMode::WaitForClients) => {
+                        tracing::info!("SHUTDOWN WAIT_FOR_CLIENTS: no new clients");
+                        break true;
+                    }
+                    None => {}
+                }
             }
         }
-        _ = int.recv() => tracing::info!("SIGINT: exiting now"),
+    };
+    if graceful {
+        let drain = running.shutdown();
+        tokio::select! {
+            clean = drain => tracing::info!(clean, "shut down"),
+            _ = int.recv() => tracing::info!("SIGINT: exiting now"),
+            _ = term.recv() => tracing::info!("second SIGTERM: exiting now"),
+            _ = async {
+                while admin.changed().await.is_ok() {
+                    if *admin.borrow() == Some(ShutdownMode::Immediate) {
+                        return;
+                    }
+                }
+                std::future::pending::<()>().await;
+            } => tracing::info!("SHUTDOWN: exiting now"),
+        }
     }
     Ok(())
 }

@@ -12,6 +12,7 @@ use crate::app::cancel::{CancelSlot, CancelTarget};
 use crate::app::registry::{now_us, ClientInfo, ClientState};
 use crate::app::App;
 use crate::config::PoolMode;
+use crate::insight::{SessionContext, SessionDetector};
 use crate::net::{Conn, NetError};
 use crate::pool::{Checkout, Pool, PoolError};
 use crate::protocol::build::{self, Severity};
@@ -19,7 +20,9 @@ use crate::protocol::views::{self, BindView, ParseView, TargetView};
 use crate::protocol::{tag, Frame};
 use crate::server::prepared::server_name;
 use crate::server::ServerError;
+use crate::sql::{text_hash, Analysis};
 use bytes::{Bytes, BytesMut};
+use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -43,6 +46,7 @@ enum Pending {
     /// `copy_ends`: CopyDone/CopyFail messages the client had sent when this was forwarded.
     Execute {
         copy_ends: u64,
+        stat: Option<Stat>,
     },
     Close {
         hidden: bool,
@@ -51,14 +55,47 @@ enum Pending {
         copy_ends: u64,
     },
     /// A simple Query or FunctionCall: answered up to its ReadyForQuery.
-    Query,
-    /// A reply pgferry makes itself, sent when everything before it has been answered.
-    Local(Bytes),
+    Query {
+        stat: Option<Stat>,
+    },
+    /// A reply pgferry makes itself, sent when everything before it has been answered. If an
+    /// earlier request fails, the server skips to Sync and so must this: `undo` reverts what
+    /// pgferry already did for it.
+    Local(Bytes, Option<LocalUndo>),
 }
 
 impl Pending {
     fn ends_at_ready(&self) -> bool {
-        matches!(self, Pending::Sync { .. } | Pending::Query)
+        matches!(self, Pending::Sync { .. } | Pending::Query { .. })
+    }
+}
+
+/// Bookkeeping to revert when a locally answered message turns out to be skipped.
+#[derive(Debug)]
+enum LocalUndo {
+    /// A Parse answered locally created this client name.
+    Created(Box<[u8]>),
+    /// A Close answered locally removed this client name.
+    Closed(Box<[u8]>, Option<Arc<Stmt>>, Option<Arc<Analysis>>),
+}
+
+/// One statement being timed for query insight.
+#[derive(Debug)]
+struct Stat {
+    analysis: Arc<Analysis>,
+    start: Instant,
+    rows: u64,
+    error: bool,
+}
+
+impl Stat {
+    fn new(analysis: Arc<Analysis>) -> Self {
+        Stat {
+            analysis,
+            start: Instant::now(),
+            rows: 0,
+            error: false,
+        }
     }
 }
 
@@ -110,6 +147,13 @@ struct Session<'a> {
     /// The server is in extended-protocol COPY FROM STDIN until the client's next copy end:
     /// PostgreSQL ignores Sync meanwhile, so no ReadyForQuery will answer one.
     copy_in_until: Option<u64>,
+    /// N+1 detector of this client (None when query insight is off).
+    detector: Option<SessionDetector>,
+    /// Analysis of the client's statements by name ("" = unnamed), and of its last Bind.
+    analyses: HashMap<Box<[u8]>, Arc<Analysis>>,
+    bound: Option<(Arc<Analysis>, u64)>,
+    /// A NoticeResponse to send before the next ReadyForQuery (n_plus_one_notice).
+    notice: Option<Bytes>,
     /// When the outstanding request and the open transaction started.
     request_start: Option<Instant>,
     xact_start: Option<Instant>,
@@ -124,6 +168,18 @@ pub async fn run(
 ) -> Result<(), ClientError> {
     let mode = login.pool.settings.mode;
     let pid = login.pid;
+    let detector = app.insight.config().enabled.then(|| {
+        app.insight.new_session(SessionContext {
+            database: login.pool.database.clone(),
+            user: login.user.clone(),
+            application_name: login
+                .params
+                .get("application_name")
+                .unwrap_or("")
+                .to_owned(),
+            client_addr: info.addr.to_string(),
+        })
+    });
     let mut s = Session {
         app,
         client,
@@ -145,6 +201,10 @@ pub async fn run(
         tally: Tally::default(),
         copy_ends: 0,
         copy_in_until: None,
+        detector,
+        analyses: HashMap::new(),
+        bound: None,
+        notice: None,
         request_start: None,
         xact_start: None,
     };
@@ -267,7 +327,16 @@ impl Session<'_> {
         if t == tag::TERMINATE {
             return Ok(Flow::Exit);
         }
+        if !FRONTEND_TAGS.contains(&t) {
+            let why = format!("invalid frontend message type {}", t);
+            self.protocol_violation(&why).await?;
+            return Ok(Flow::Exit);
+        }
         if self.skipping && t != tag::SYNC {
+            if t == tag::QUERY && views::query_text(f.body()).is_err() {
+                self.protocol_violation("malformed Query message").await?;
+                return Ok(Flow::Exit);
+            }
             return Ok(Flow::Continue);
         }
         match t {
@@ -280,13 +349,15 @@ impl Session<'_> {
                 if self.rewrite && mentions_search_path(q) {
                     self.search_path_dirty = true;
                 }
+                // Literals are inline in a simple query: the text itself is the parameter set.
+                let stat = self.analyze(q).map(|(a, h)| self.observe(a, h));
                 if self.ensure_server(false).await? {
-                    self.forward(&f, Some(Pending::Query));
+                    self.forward(&f, Some(Pending::Query { stat }));
                 }
             }
             tag::FUNCTION_CALL => {
                 if self.ensure_server(false).await? {
-                    self.forward(&f, Some(Pending::Query));
+                    self.forward(&f, Some(Pending::Query { stat: None }));
                 }
             }
             tag::PARSE => self.on_parse(&f).await?,
@@ -294,9 +365,10 @@ impl Session<'_> {
             tag::DESCRIBE => self.on_describe(&f).await?,
             tag::EXECUTE => {
                 self.tally.queries += 1;
+                let stat = self.bound.clone().map(|(a, h)| self.observe(a, h));
                 if self.ensure_server(true).await? {
                     let copy_ends = self.copy_ends;
-                    self.forward(&f, Some(Pending::Execute { copy_ends }));
+                    self.forward(&f, Some(Pending::Execute { copy_ends, stat }));
                     self.unsynced = true;
                 }
             }
@@ -346,6 +418,9 @@ impl Session<'_> {
             return self.protocol_violation("malformed Parse message").await;
         };
         self.tally.client_parses += 1;
+        if let Some((a, _)) = self.analyze(p.query) {
+            self.analyses.insert(p.name.into(), a);
+        }
         if self.rewrite && mentions_search_path(p.query) {
             self.search_path_dirty = true;
         }
@@ -380,7 +455,7 @@ impl Session<'_> {
         if c.prepared.touch(stmt.id) {
             let mut b = BytesMut::new();
             build::parse_complete(&mut b);
-            self.local(b.freeze());
+            self.local_undoable(b.freeze(), LocalUndo::Created(p.name.into()));
         } else {
             self.register_on_server(&stmt, false, Some(p.name.into()));
         }
@@ -437,6 +512,12 @@ impl Session<'_> {
             return self.protocol_violation("malformed Bind message").await;
         };
         self.tally.binds += 1;
+        if self.detector.is_some() {
+            self.bound = self
+                .analyses
+                .get(b.statement)
+                .map(|a| (a.clone(), text_hash(b.rest)));
+        }
         if !self.rewrite || b.statement.is_empty() {
             if self.ensure_server(true).await? {
                 self.forward(f, Some(Pending::Bind));
@@ -487,17 +568,24 @@ impl Session<'_> {
         let Ok(c) = TargetView::new(f.body()) else {
             return self.protocol_violation("malformed Close message").await;
         };
+        let analysis = if c.kind == b'S' {
+            self.analyses.remove(c.name)
+        } else {
+            None
+        };
+        let mut b = BytesMut::new();
+        build::close_complete(&mut b);
         if self.rewrite && c.kind == b'S' && !c.name.is_empty() {
             // The server keeps the statement for reuse; only the client's name goes away.
-            self.stmts.remove(c.name);
+            let stmt = self.stmts.remove(c.name);
+            let undo = LocalUndo::Closed(c.name.into(), stmt, analysis);
+            self.local_undoable(b.freeze(), undo);
         } else if self.server.is_some() {
             self.forward(f, Some(Pending::Close { hidden: false }));
             self.unsynced = true;
-            return Ok(());
+        } else {
+            self.local(b.freeze());
         }
-        let mut b = BytesMut::new();
-        build::close_complete(&mut b);
-        self.local(b.freeze());
         Ok(())
     }
 
@@ -536,7 +624,16 @@ impl Session<'_> {
         if self.pending.is_empty() {
             self.client.queue(&reply);
         } else {
-            self.pending.push_back(Pending::Local(reply));
+            self.pending.push_back(Pending::Local(reply, None));
+        }
+    }
+
+    /// A local reply whose effect is reverted if an earlier request fails.
+    fn local_undoable(&mut self, reply: Bytes, undo: LocalUndo) {
+        if self.pending.is_empty() {
+            self.client.queue(&reply);
+        } else {
+            self.pending.push_back(Pending::Local(reply, Some(undo)));
         }
     }
 
@@ -669,7 +766,10 @@ impl Session<'_> {
             }
             tag::ERROR_RESPONSE => {
                 // In the extended protocol the server now skips everything up to Sync.
-                if !matches!(self.pending.front(), Some(Pending::Query) | None) {
+                if let Some(Pending::Query { stat: Some(st) }) = self.pending.front_mut() {
+                    st.error = true;
+                }
+                if !matches!(self.pending.front(), Some(Pending::Query { .. }) | None) {
                     while let Some(p) = self.pending.front() {
                         if p.ends_at_ready() {
                             break;
@@ -711,16 +811,30 @@ impl Session<'_> {
                 self.client.queue(f.raw());
             }
             tag::COMMAND_COMPLETE | tag::EMPTY_QUERY | tag::PORTAL_SUSPENDED => {
-                if f.tag() == tag::COMMAND_COMPLETE {
-                    self.on_command_tag(views::command_tag(f.body()));
-                }
-                if matches!(self.pending.front(), Some(Pending::Execute { .. })) {
-                    self.pending.pop_front();
+                let rows = if f.tag() == tag::COMMAND_COMPLETE {
+                    let t = views::command_tag(f.body());
+                    self.on_command_tag(t);
+                    tag_rows(t)
+                } else {
+                    0
+                };
+                match self.pending.front_mut() {
+                    Some(Pending::Execute { .. }) => {
+                        if let Some(Pending::Execute {
+                            stat: Some(mut st), ..
+                        }) = self.pending.pop_front()
+                        {
+                            st.rows = rows;
+                            self.complete(st);
+                        }
+                    }
+                    Some(Pending::Query { stat: Some(st) }) => st.rows += rows,
+                    _ => {}
                 }
                 self.client.queue(f.raw());
             }
             tag::COPY_IN => {
-                if let Some(&Pending::Execute { copy_ends }) = self.pending.front() {
+                if let Some(&Pending::Execute { copy_ends, .. }) = self.pending.front() {
                     // Extended-protocol COPY FROM STDIN: the Syncs the client sent after this
                     // Execute and before its copy end are ignored by the server.
                     self.pending.retain(
@@ -747,8 +861,12 @@ impl Session<'_> {
             return self.desync("malformed ReadyForQuery").await;
         };
         match self.pending.pop_front() {
+            Some(Pending::Query { stat: Some(st) }) => self.complete(st),
             Some(p) if p.ends_at_ready() => {}
             _ => return self.desync("ReadyForQuery").await,
+        }
+        if let Some(n) = self.notice.take() {
+            self.client.queue(&n);
         }
         self.tx = status;
         self.errored = false;
@@ -772,6 +890,52 @@ impl Session<'_> {
             self.release().await;
         }
         Ok(())
+    }
+
+    /// The statement's analysis (memoized by text) and the hash of its text, when insight is on.
+    fn analyze(&self, text: &[u8]) -> Option<(Arc<Analysis>, u64)> {
+        self.detector.as_ref()?;
+        let sql = std::str::from_utf8(text).ok()?;
+        let h = text_hash(text);
+        Some((self.app.sql.analyze_hashed(h, sql), h))
+    }
+
+    /// Feeds a statement to the N+1 detector and starts timing it.
+    fn observe(&mut self, a: Arc<Analysis>, params_hash: u64) -> Stat {
+        if let Some(d) = self.detector.as_mut() {
+            if let Some(n) = d.on_statement(Instant::now(), &a, params_hash) {
+                if self.app.config.load().pgferry.n_plus_one_notice {
+                    let mut b = BytesMut::new();
+                    build::notice_full(
+                        &mut b,
+                        Severity::Warning,
+                        crate::insight::NOTICE_SQLSTATE,
+                        &n.message,
+                        n.detail.as_deref(),
+                        n.hint.as_deref(),
+                    );
+                    self.notice = Some(b.freeze());
+                }
+            }
+        }
+        Stat::new(a)
+    }
+
+    /// A timed statement finished: statistics and the detector's server time.
+    fn complete(&mut self, st: Stat) {
+        let d = st.start.elapsed();
+        if let Some(det) = self.detector.as_mut() {
+            det.on_complete(d);
+        }
+        let app_name = self.params.get("application_name").unwrap_or("");
+        self.app.insight.record(
+            &self.pool.database,
+            app_name,
+            &st.analysis,
+            d,
+            st.rows,
+            st.error,
+        );
     }
 
     /// Adds this request's counters and times to the pool's totals (once per ReadyForQuery).
@@ -825,6 +989,7 @@ impl Session<'_> {
         }
         if t == b"DEALLOCATE ALL" || t == b"DISCARD ALL" {
             self.stmts.clear();
+            self.analyses.clear();
             if let Some(c) = self.server.as_mut() {
                 let sc = c.conn();
                 sc.prepared.clear();
@@ -837,6 +1002,31 @@ impl Session<'_> {
 
     /// Reverts the bookkeeping of a request the server skipped after an error.
     fn undo(&mut self, p: Pending) {
+        if let Pending::Local(_, Some(undo)) = p {
+            match undo {
+                LocalUndo::Created(name) => {
+                    self.stmts.remove(&name);
+                    self.analyses.remove(&name);
+                }
+                LocalUndo::Closed(name, stmt, analysis) => {
+                    if let Some(stmt) = stmt {
+                        self.stmts.insert(&name, stmt);
+                    }
+                    if let Some(a) = analysis {
+                        self.analyses.insert(name, a);
+                    }
+                }
+            }
+            return;
+        }
+        if let Pending::Execute {
+            stat: Some(mut st), ..
+        } = p
+        {
+            st.error = true;
+            self.complete(st);
+            return;
+        }
         if let Pending::Parse { id, name, .. } = p {
             if let (Some(id), Some(c)) = (id, self.server.as_mut()) {
                 c.conn().prepared.remove(id);
@@ -848,8 +1038,8 @@ impl Session<'_> {
     }
 
     fn drain_local(&mut self) {
-        while let Some(Pending::Local(_)) = self.pending.front() {
-            if let Some(Pending::Local(b)) = self.pending.pop_front() {
+        while let Some(Pending::Local(..)) = self.pending.front() {
+            if let Some(Pending::Local(b, _)) = self.pending.pop_front() {
                 self.client.queue(&b);
             }
         }
@@ -973,6 +1163,32 @@ impl Session<'_> {
         }
         c.release();
     }
+}
+
+/// Message types a client may send after login.
+const FRONTEND_TAGS: &[u8] = &[
+    tag::QUERY,
+    tag::PARSE,
+    tag::BIND,
+    tag::DESCRIBE,
+    tag::EXECUTE,
+    tag::CLOSE,
+    tag::SYNC,
+    tag::FLUSH,
+    tag::TERMINATE,
+    tag::COPY_DATA,
+    tag::COPY_DONE,
+    tag::COPY_FAIL,
+    tag::FUNCTION_CALL,
+];
+
+/// Rows reported by a CommandComplete tag (`SELECT 5`, `INSERT 0 1`, `UPDATE 3`), else 0.
+fn tag_rows(t: &[u8]) -> u64 {
+    let last = t.rsplit(|b| *b == b' ').next().unwrap_or_default();
+    std::str::from_utf8(last)
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// True for an ErrorResponse of severity FATAL or PANIC (the server closes after it).

@@ -62,8 +62,8 @@ impl Statements {
         self.by_name.insert(name.into(), stmt);
     }
 
-    pub fn remove(&mut self, name: &[u8]) {
-        self.by_name.remove(name);
+    pub fn remove(&mut self, name: &[u8]) -> Option<Arc<Stmt>> {
+        self.by_name.remove(name)
     }
 
     pub fn clear(&mut self) {

@@ -152,6 +152,19 @@ pub struct General {
     pub log_disconnections: bool,
     /// Tokio worker threads; 0 means one per core.
     pub workers: u32,
+    /// pgferry's own: per-fingerprint statistics and N+1 detection (docs/insight.md).
+    pub query_insight: bool,
+    /// Fingerprints kept in SHOW QUERIES; the rest fold into one "other" row per database.
+    pub query_stats_max: u32,
+    /// Executions (with as many distinct parameter sets) of one statement shape that make an
+    /// N+1 burst.
+    pub n_plus_one_threshold: u32,
+    /// Seconds within which those executions must fall.
+    pub n_plus_one_window: f64,
+    /// Seconds after an event during which the same client and shape raise no new event.
+    pub n_plus_one_cooldown: f64,
+    /// Send the client a NoticeResponse (WARNING, 01000) when its burst is detected.
+    pub n_plus_one_notice: bool,
 }
 
 impl Default for General {
@@ -191,14 +204,33 @@ impl Default for General {
             log_connections: true,
             log_disconnections: true,
             workers: 0,
+            query_insight: true,
+            query_stats_max: 5_000,
+            n_plus_one_threshold: 10,
+            n_plus_one_window: 1.0,
+            n_plus_one_cooldown: 60.0,
+            n_plus_one_notice: false,
         }
     }
 }
 
 impl General {
+    /// The insight settings as the insight module takes them.
+    pub fn insight_config(&self) -> crate::insight::InsightConfig {
+        crate::insight::InsightConfig {
+            enabled: self.query_insight,
+            query_stats_max: self.query_stats_max.max(1) as usize,
+            n_plus_one_threshold: self.n_plus_one_threshold.max(2),
+            n_plus_one_window: crate::config::secs(self.n_plus_one_window)
+                .unwrap_or(std::time::Duration::from_secs(1)),
+            n_plus_one_cooldown: crate::config::secs(self.n_plus_one_cooldown).unwrap_or_default(),
+            ..crate::insight::InsightConfig::default()
+        }
+    }
+
     /// Every timeout with its key name, so validation and the docs cannot
     /// drift apart from the struct when a timeout is added.
-    pub(crate) fn timeouts(&self) -> [(&'static str, f64); 11] {
+    pub(crate) fn timeouts(&self) -> [(&'static str, f64); 13] {
         [
             ("query_wait_timeout", self.query_wait_timeout),
             ("query_timeout", self.query_timeout),
@@ -211,6 +243,8 @@ impl General {
             ("idle_transaction_timeout", self.idle_transaction_timeout),
             ("shutdown_timeout", self.shutdown_timeout),
             ("stats_period", self.stats_period),
+            ("n_plus_one_window", self.n_plus_one_window),
+            ("n_plus_one_cooldown", self.n_plus_one_cooldown),
         ]
     }
 }

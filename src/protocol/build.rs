@@ -52,6 +52,25 @@ pub fn error(buf: &mut BytesMut, severity: Severity, code: &str, message: &str) 
     put(buf, &ErrorResponse::new(fields(severity, code, message)));
 }
 
+/// NoticeResponse with optional detail and hint fields.
+pub fn notice_full(
+    buf: &mut BytesMut,
+    severity: Severity,
+    code: &str,
+    message: &str,
+    detail: Option<&str>,
+    hint: Option<&str>,
+) {
+    let mut f = fields(severity, code, message);
+    if let Some(d) = detail {
+        f.push((b'D', d.to_owned()));
+    }
+    if let Some(h) = hint {
+        f.push((b'H', h.to_owned()));
+    }
+    put(buf, &NoticeResponse::new(f));
+}
+
 /// NoticeResponse with severity, SQLSTATE and message.
 pub fn notice(buf: &mut BytesMut, severity: Severity, code: &str, message: &str) {
     put(buf, &NoticeResponse::new(fields(severity, code, message)));

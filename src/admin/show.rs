@@ -1,0 +1,520 @@
+//! SHOW commands other than the statistics ones: POOLS, CLIENTS, SERVERS, DATABASES, USERS,
+//! LISTS, STATE, VERSION, MEM, DNS_HOSTS/DNS_ZONES, PEERS/PEER_POOLS (always empty), HELP, and
+//! the parameters drivers ask for. Column names, order and types are PgBouncer 1.25's.
+
+use super::result::{timestamp, Table, Type, Type::*};
+use super::state::PauseMode;
+use super::{stats, Ctx};
+use crate::admin_row as row;
+use crate::app::registry::{now_us, ClientInfo, ClientState};
+use crate::app::App;
+use crate::config::Config;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+
+pub const POOLS: &[(&str, Type)] = &[
+    ("database", Text),
+    ("user", Text),
+    ("cl_active", Int4),
+    ("cl_waiting", Int4),
+    ("cl_active_cancel_req", Int4),
+    ("cl_waiting_cancel_req", Int4),
+    ("sv_active", Int4),
+    ("sv_active_cancel", Int4),
+    ("sv_being_canceled", Int4),
+    ("sv_idle", Int4),
+    ("sv_used", Int4),
+    ("sv_tested", Int4),
+    ("sv_login", Int4),
+    ("maxwait", Int4),
+    ("maxwait_us", Int4),
+    ("pool_mode", Text),
+    ("load_balance_hosts", Text),
+];
+
+pub const SOCKETS: &[(&str, Type)] = &[
+    ("type", Text),
+    ("user", Text),
+    ("database", Text),
+    ("replication", Text),
+    ("state", Text),
+    ("addr", Text),
+    ("port", Int4),
+    ("local_addr", Text),
+    ("local_port", Int4),
+    ("connect_time", Text),
+    ("request_time", Text),
+    ("wait", Int4),
+    ("wait_us", Int4),
+    ("close_needed", Int4),
+    ("ptr", Text),
+    ("link", Text),
+    ("remote_pid", Int4),
+    ("tls", Text),
+    ("application_name", Text),
+    ("prepared_statements", Int4),
+    ("id", Int4),
+];
+
+pub const DATABASES: &[(&str, Type)] = &[
+    ("name", Text),
+    ("host", Text),
+    ("port", Int4),
+    ("database", Text),
+    ("force_user", Text),
+    ("pool_size", Int4),
+    ("min_pool_size", Int4),
+    ("reserve_pool_size", Int4),
+    ("server_lifetime", Int4),
+    ("pool_mode", Text),
+    ("load_balance_hosts", Text),
+    ("max_connections", Int4),
+    ("current_connections", Int4),
+    ("max_client_connections", Int4),
+    ("current_client_connections", Int4),
+    ("paused", Int4),
+    ("disabled", Int4),
+];
+
+pub const USERS: &[(&str, Type)] = &[
+    ("name", Text),
+    ("pool_size", Text),
+    ("reserve_pool_size", Text),
+    ("pool_mode", Text),
+    ("max_user_connections", Int4),
+    ("current_connections", Int4),
+    ("max_user_client_connections", Int4),
+    ("current_client_connections", Int4),
+];
+
+/// Parameters some drivers SHOW on connect, answered with fixed values as PgBouncer does.
+const FAKE_PARAMS: &[(&str, &str)] = &[
+    ("client_encoding", "UTF-8"),
+    ("default_transaction_isolation", "read committed"),
+    ("standard_conforming_strings", "on"),
+    ("datestyle", "ISO"),
+    ("timezone", "GMT"),
+];
+
+const HELP: &str = "
+\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION
+\tSHOW PEERS|PEER_POOLS
+\tSHOW LISTS|MEM|STATE
+\tSHOW DNS_HOSTS|DNS_ZONES
+\tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS
+\tSET key = arg
+\tRELOAD
+\tPAUSE [<db>]
+\tRESUME [<db>]
+\tDISABLE <db>
+\tENABLE <db>
+\tRECONNECT [<db>]
+\tKILL [<db>]
+\tKILL_CLIENT <client_id>
+\tSUSPEND
+\tSHUTDOWN
+\tSHUTDOWN WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS
+\tWAIT_CLOSE [<db>]";
+
+/// Answers `SHOW what` (`what` lowercase).
+pub fn show(ctx: &mut Ctx<'_>, what: &str, query: &str) {
+    let app = ctx.app.clone();
+    match what {
+        "pools" => pools(ctx, &app),
+        "clients" => clients(ctx, &app),
+        "servers" => servers(ctx, &app),
+        "databases" => databases(ctx, &app),
+        "users" => users(ctx, &app),
+        "config" => super::settings::show_config(ctx),
+        "lists" => lists(ctx, &app),
+        "state" => state(ctx, &app),
+        "version" => {
+            let mut t = Table::new(&mut ctx.out, &[("version", Text)]);
+            t.row(row![version()]);
+            t.finish();
+        }
+        "mem" => mem(ctx, &app),
+        "dns_hosts" => Table::new(
+            &mut ctx.out,
+            &[("hostname", Text), ("ttl", Int8), ("addrs", Text)],
+        )
+        .finish(),
+        "dns_zones" => Table::new(
+            &mut ctx.out,
+            &[("zonename", Text), ("serial", Int8), ("count", Int4)],
+        )
+        .finish(),
+        "peers" => Table::new(
+            &mut ctx.out,
+            &[
+                ("peer_id", Int4),
+                ("host", Text),
+                ("port", Int4),
+                ("pool_size", Int4),
+            ],
+        )
+        .finish(),
+        "peer_pools" => Table::new(
+            &mut ctx.out,
+            &[
+                ("peer_id", Int4),
+                ("cl_active_cancel_req", Int4),
+                ("cl_waiting_cancel_req", Int4),
+                ("sv_active_cancel", Int4),
+                ("sv_login", Int4),
+            ],
+        )
+        .finish(),
+        "help" => {
+            build_help(ctx);
+            ctx.done("SHOW");
+        }
+        "stats" | "stats_totals" | "stats_averages" | "totals" => stats::show(ctx, what),
+        other => match FAKE_PARAMS.iter().find(|(k, _)| *k == other) {
+            Some((k, v)) => {
+                let mut t = Table::new(&mut ctx.out, &[(k, Text)]);
+                t.row(row![*v]);
+                t.finish();
+            }
+            None => super::syntax_error(ctx, query),
+        },
+    }
+}
+
+pub fn version() -> String {
+    format!(
+        "PgBouncer {} (pgferry {})",
+        super::PGBOUNCER_VERSION,
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+fn build_help(ctx: &mut Ctx<'_>) {
+    use pgwire::messages::response::NoticeResponse;
+    let fields = vec![
+        (b'S', "NOTICE".to_owned()),
+        (b'V', "NOTICE".to_owned()),
+        (b'C', "00000".to_owned()),
+        (b'M', "Console usage".to_owned()),
+        (b'D', HELP.to_owned()),
+    ];
+    super::result::put(&mut ctx.out, &NoticeResponse::new(fields));
+}
+
+/// The pool (database, server user) a client belongs to.
+fn pool_key(cfg: &Config, c: &ClientInfo) -> (String, String) {
+    let user = cfg
+        .databases
+        .get(&c.database)
+        .and_then(|d| d.user.clone())
+        .unwrap_or_else(|| c.user.clone());
+    (c.database.clone(), user)
+}
+
+#[derive(Default)]
+struct PoolRow {
+    cl_active: usize,
+    cl_waiting: usize,
+    sv_active: usize,
+    sv_idle: usize,
+    max_wait_us: u64,
+    mode: String,
+}
+
+fn pools(ctx: &mut Ctx<'_>, app: &App) {
+    let cfg = app.config.load();
+    let mut rows: BTreeMap<(String, String), PoolRow> = BTreeMap::new();
+    for p in app.all_pools() {
+        let r = rows
+            .entry((p.database.clone(), p.user.clone()))
+            .or_default();
+        r.mode = p.settings.mode.as_str().to_owned();
+        for s in p.servers.iter() {
+            if s.active.load(Ordering::Relaxed) {
+                r.sv_active += 1;
+            } else {
+                r.sv_idle += 1;
+            }
+        }
+    }
+    let now = now_us();
+    for c in app.client_list.iter() {
+        let Some(r) = rows.get_mut(&pool_key(&cfg, &c)) else {
+            continue;
+        };
+        if c.state() == ClientState::Waiting {
+            r.cl_waiting += 1;
+            let since = c.wait_start_us.load(Ordering::Relaxed);
+            if since > 0 {
+                r.max_wait_us = r.max_wait_us.max(now.saturating_sub(since));
+            }
+        } else {
+            r.cl_active += 1;
+        }
+    }
+    let mut t = Table::new(&mut ctx.out, POOLS);
+    for ((db, user), r) in rows {
+        t.row(row![
+            db,
+            user,
+            r.cl_active,
+            r.cl_waiting,
+            0,
+            0,
+            r.sv_active,
+            0,
+            0,
+            r.sv_idle,
+            0,
+            0,
+            0,
+            r.max_wait_us / 1_000_000,
+            r.max_wait_us % 1_000_000,
+            r.mode,
+            None::<&str>,
+        ]);
+    }
+    t.finish();
+}
+
+fn clients(ctx: &mut Ctx<'_>, app: &App) {
+    let now = now_us();
+    let mut list: Vec<_> = app.client_list.iter().map(|c| c.value().clone()).collect();
+    list.sort_by_key(|c| c.id);
+    let mut t = Table::new(&mut ctx.out, SOCKETS);
+    for c in list {
+        let server = c.server.load(Ordering::Relaxed);
+        let state = c.state();
+        let since = c.wait_start_us.load(Ordering::Relaxed);
+        let wait = if state == ClientState::Waiting && since > 0 {
+            now.saturating_sub(since)
+        } else {
+            0
+        };
+        t.row(row![
+            "C",
+            c.user.as_str(),
+            c.database.as_str(),
+            "none",
+            state.as_str(),
+            c.addr.ip().to_string(),
+            c.addr.port(),
+            c.local_addr.map(|a| a.ip().to_string()),
+            c.local_addr.map_or(0, |a| a.port()),
+            timestamp(c.connect_time_us),
+            timestamp(c.request_time_us.load(Ordering::Relaxed)),
+            wait / 1_000_000,
+            wait % 1_000_000,
+            0,
+            format!("c{}", c.id),
+            (server != 0).then(|| format!("s{server}")),
+            0,
+            "",
+            c.application_name.lock().clone(),
+            c.prepared_statements.load(Ordering::Relaxed),
+            c.id,
+        ]);
+    }
+    t.finish();
+}
+
+fn servers(ctx: &mut Ctx<'_>, app: &App) {
+    let mut t = Table::new(&mut ctx.out, SOCKETS);
+    for p in app.all_pools() {
+        let mut list: Vec<_> = p.servers.iter().map(|s| s.value().clone()).collect();
+        list.sort_by_key(|s| s.id);
+        for s in list {
+            let client = s.client.load(Ordering::Relaxed);
+            let active = s.active.load(Ordering::Relaxed);
+            t.row(row![
+                "S",
+                p.user.as_str(),
+                p.database.as_str(),
+                "none",
+                if active { "active" } else { "idle" },
+                s.addr.ip().to_string(),
+                s.addr.port(),
+                s.local_addr.map(|a| a.ip().to_string()),
+                s.local_addr.map_or(0, |a| a.port()),
+                timestamp(s.connect_time_us),
+                timestamp(s.request_time_us.load(Ordering::Relaxed)),
+                0,
+                0,
+                app.admin.is_close_needed(s.id),
+                format!("s{}", s.id),
+                (client != 0).then(|| format!("c{client}")),
+                s.pid,
+                "",
+                s.application_name.lock().clone(),
+                s.prepared_statements.load(Ordering::Relaxed),
+                s.id,
+            ]);
+        }
+    }
+    t.finish();
+}
+
+fn databases(ctx: &mut Ctx<'_>, app: &App) {
+    let cfg = app.config.load();
+    let g = &cfg.pgferry;
+    let mut servers: BTreeMap<&str, usize> = BTreeMap::new();
+    let pools = app.all_pools();
+    for p in &pools {
+        *servers.entry(p.database.as_str()).or_default() += p.server_count();
+    }
+    let mut clients: BTreeMap<String, usize> = BTreeMap::new();
+    for c in app.client_list.iter() {
+        *clients.entry(c.database.clone()).or_default() += 1;
+    }
+    let mut t = Table::new(&mut ctx.out, DATABASES);
+    for (name, d) in &cfg.databases {
+        let ctl = app.db_controls.get(name).map(|c| c.value().clone());
+        t.row(row![
+            name.as_str(),
+            d.host.as_str(),
+            d.port,
+            cfg.server_dbname(name),
+            d.user.as_deref(),
+            d.pool_size.unwrap_or(g.default_pool_size),
+            d.min_pool_size.unwrap_or(g.min_pool_size),
+            0,
+            g.server_lifetime as i64,
+            d.pool_mode.map(|m| m.as_str()),
+            None::<&str>,
+            d.max_db_connections.unwrap_or(g.max_db_connections),
+            servers.get(name.as_str()).copied().unwrap_or(0),
+            0,
+            clients.get(name).copied().unwrap_or(0),
+            ctl.as_ref().is_some_and(|c| c.is_paused()),
+            ctl.as_ref().is_some_and(|c| c.is_disabled()),
+        ]);
+    }
+    // The console itself, as PgBouncer lists it.
+    t.row(row![
+        "pgbouncer",
+        None::<&str>,
+        g.listen_port,
+        "pgbouncer",
+        "pgbouncer",
+        2,
+        0,
+        0,
+        g.server_lifetime as i64,
+        "statement",
+        None::<&str>,
+        0,
+        0,
+        0,
+        clients.get("pgbouncer").copied().unwrap_or(0),
+        0,
+        0,
+    ]);
+    t.finish();
+}
+
+fn users(ctx: &mut Ctx<'_>, app: &App) {
+    let cfg = app.config.load();
+    let mut names: BTreeSet<String> = cfg.users.keys().cloned().collect();
+    names.extend(app.userlist.load().keys().cloned());
+    let pools = app.all_pools();
+    let mut servers: BTreeMap<&str, usize> = BTreeMap::new();
+    for p in &pools {
+        names.insert(p.user.clone());
+        *servers.entry(p.user.as_str()).or_default() += p.server_count();
+    }
+    let mut clients: BTreeMap<String, usize> = BTreeMap::new();
+    for c in app.client_list.iter() {
+        names.insert(c.user.clone());
+        *clients.entry(c.user.clone()).or_default() += 1;
+    }
+    let mut t = Table::new(&mut ctx.out, USERS);
+    for name in names {
+        let u = cfg.users.get(&name);
+        t.row(row![
+            name.as_str(),
+            u.and_then(|u| u.pool_size)
+                .map_or(String::new(), |s| s.to_string()),
+            "",
+            u.and_then(|u| u.pool_mode).map(|m| m.as_str()),
+            u.and_then(|u| u.max_user_connections)
+                .unwrap_or(cfg.pgferry.max_user_connections),
+            servers.get(name.as_str()).copied().unwrap_or(0),
+            0,
+            clients.get(&name).copied().unwrap_or(0),
+        ]);
+    }
+    t.finish();
+}
+
+fn lists(ctx: &mut Ctx<'_>, app: &App) {
+    let cfg = app.config.load();
+    let pools = app.all_pools();
+    let logged_in = app.client_list.len();
+    let connected = app.clients.load(Ordering::Relaxed);
+    let servers: usize = pools.iter().map(|p| p.server_count()).sum();
+    let users: BTreeSet<&str> = pools.iter().map(|p| p.user.as_str()).collect();
+    let mut t = Table::new(&mut ctx.out, &[("list", Text), ("items", Int4)]);
+    for (name, n) in [
+        ("databases", cfg.databases.len() + 1),
+        ("users", users.len().max(app.userlist.load().len())),
+        ("peers", 0),
+        ("pools", pools.len()),
+        ("peer_pools", 0),
+        ("free_clients", 0),
+        ("used_clients", connected),
+        ("login_clients", connected.saturating_sub(logged_in)),
+        ("free_servers", 0),
+        ("used_servers", servers),
+        ("dns_names", 0),
+        ("dns_zones", 0),
+        ("dns_queries", 0),
+        ("dns_pending", 0),
+    ] {
+        t.row(row![name, n]);
+    }
+    t.finish();
+}
+
+fn state(ctx: &mut Ctx<'_>, app: &App) {
+    let mode = app.admin.mode();
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    let mut t = Table::new(&mut ctx.out, &[("key", Text), ("value", Text)]);
+    t.row(row!["active", yes(mode == PauseMode::None)]);
+    t.row(row!["paused", yes(mode == PauseMode::Paused)]);
+    t.row(row!["suspended", yes(mode == PauseMode::Suspended)]);
+    t.finish();
+}
+
+fn mem(ctx: &mut Ctx<'_>, app: &App) {
+    use std::mem::size_of;
+    let pools = app.all_pools();
+    let servers: usize = pools.iter().map(|p| p.server_count()).sum();
+    let clients = app.client_list.len();
+    let mut t = Table::new(
+        &mut ctx.out,
+        &[
+            ("name", Text),
+            ("size", Int4),
+            ("used", Int4),
+            ("free", Int4),
+            ("memtotal", Int4),
+        ],
+    );
+    for (name, size, used) in [
+        ("client_cache", size_of::<ClientInfo>(), clients),
+        (
+            "server_cache",
+            size_of::<crate::server::ServerInfo>(),
+            servers,
+        ),
+        ("pool_cache", size_of::<crate::pool::Pool>(), pools.len()),
+        (
+            "db_cache",
+            size_of::<crate::app::registry::DbControl>(),
+            app.db_controls.len(),
+        ),
+    ] {
+        t.row(row![name, size, used, 0, size * used]);
+    }
+    t.finish();
+}

@@ -1,0 +1,122 @@
+//! Stable 64-bit hashing of byte strings: the statement-text hash used as the memo key and
+//! the fingerprint id derived from normalized text. Both are pure functions of their input
+//! (fixed seeds, explicit little-endian reads), so ids are identical across processes,
+//! platforms and releases. Also a pass-through `BuildHasher` for maps keyed by these hashes.
+
+use std::hash::{BuildHasher, Hasher};
+
+const P1: u64 = 0x9E37_79B1_85EB_CA87;
+const P2: u64 = 0xC2B2_AE3D_27D4_EB4F;
+const P3: u64 = 0x1656_67B1_9E37_79F9;
+
+/// Seed of [`text_hash`]; distinct from the fingerprint seed so the two never coincide.
+const TEXT_SEED: u64 = 0x7067_6665_7272_7931;
+/// Seed of the fingerprint id.
+const FINGERPRINT_SEED: u64 = 0x7067_6665_7272_7966;
+
+#[inline]
+fn round(acc: u64, word: u64) -> u64 {
+    acc.wrapping_add(word.wrapping_mul(P2))
+        .rotate_left(31)
+        .wrapping_mul(P1)
+}
+
+#[inline]
+fn avalanche(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xC4CE_B9FE_1A85_EC53);
+    h ^ (h >> 33)
+}
+
+/// Hashes `data` with `seed`: 8 bytes per round, tail packed with its length, then a final
+/// avalanche. Not cryptographic; callers that must not confuse two inputs compare the text.
+pub fn hash_with_seed(seed: u64, data: &[u8]) -> u64 {
+    let mut acc = seed ^ (data.len() as u64).wrapping_mul(P3);
+    let mut chunks = data.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(chunk);
+        acc = round(acc, u64::from_le_bytes(w));
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut w = [0u8; 8];
+        w[..rest.len()].copy_from_slice(rest);
+        acc = round(acc ^ rest.len() as u64, u64::from_le_bytes(w));
+    }
+    avalanche(acc)
+}
+
+/// Hash of raw statement bytes (a Query text, a Parse text or Bind parameter bytes).
+/// Callers hash once and pass the value to [`super::SqlCache::analyze_hashed`] or use it as
+/// the `params_hash` of the N+1 detector.
+pub fn text_hash(text: &[u8]) -> u64 {
+    hash_with_seed(TEXT_SEED, text)
+}
+
+/// The fingerprint id of a normalized statement text.
+pub(crate) fn fingerprint_of(normalized: &str) -> u64 {
+    hash_with_seed(FINGERPRINT_SEED, normalized.as_bytes())
+}
+
+/// A `Hasher` that passes a `u64` key through unchanged (keys are already hashes).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = hash_with_seed(self.0, bytes);
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+/// `BuildHasher` for [`PassThrough`].
+#[derive(Default, Clone, Copy)]
+pub(crate) struct BuildPassThrough;
+
+impl BuildHasher for BuildPassThrough {
+    type Hasher = PassThrough;
+    fn build_hasher(&self) -> PassThrough {
+        PassThrough(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PINNED_TEXT: u64 = 0x223c_9f5e_ad44_32d6;
+    const PINNED_FP: u64 = 0xccaa_8e0c_750e_332f;
+
+    #[test]
+    fn stable_and_seeded() {
+        assert_eq!(text_hash(b"select 1"), text_hash(b"select 1"));
+        assert_ne!(text_hash(b"select 1"), text_hash(b"select 2"));
+        assert_ne!(text_hash(b"abc"), fingerprint_of("abc"));
+        // Lengths that differ only by trailing zero bytes must differ.
+        assert_ne!(text_hash(b"a"), text_hash(b"a\0"));
+        assert_ne!(text_hash(b""), text_hash(b"\0"));
+        // Pinned values: ids must never change between releases.
+        assert_eq!(text_hash(b"select 1"), PINNED_TEXT);
+        assert_eq!(
+            fingerprint_of("select * from users where id = $1"),
+            PINNED_FP
+        );
+    }
+
+    #[test]
+    fn all_lengths_distinct() {
+        let data = [7u8; 40];
+        let mut seen = std::collections::HashSet::new();
+        for n in 0..data.len() {
+            assert!(seen.insert(text_hash(&data[..n])));
+        }
+    }
+}

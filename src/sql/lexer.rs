@@ -1,0 +1,379 @@
+//! A small, total PostgreSQL lexer used for fingerprinting: it never fails and never panics
+//! on any UTF-8 input. Literals of every kind (strings, E/B/X/U& strings, dollar-quoted
+//! bodies, numbers, negative numbers) and `$n` parameters become [`Tok::Value`]; comments and
+//! whitespace disappear. It also measures operator count and bracket depth so the caller can
+//! refuse to hand pathological input to sqlparser (whose AST recursion could overflow a
+//! small task stack).
+
+/// One token of a statement. Slices borrow the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tok<'a> {
+    /// Unquoted identifier or keyword, original case.
+    Word(&'a str),
+    /// Quoted identifier including its double quotes (`"Foo"`, `U&"x"`).
+    Quoted(&'a str),
+    /// A literal or a `$n` parameter.
+    Value,
+    /// An operator (`=`, `<>`, `->>`, `||`, …).
+    Op(&'a str),
+    /// `::`
+    Cast,
+    /// Single-byte punctuation: `( ) [ ] , ; . :` and any other ASCII byte.
+    Punct(u8),
+}
+
+impl Tok<'_> {
+    /// Token equality that ignores the case of unquoted words.
+    pub(crate) fn same(&self, other: &Tok<'_>) -> bool {
+        match (self, other) {
+            (Tok::Word(a), Tok::Word(b)) => a.eq_ignore_ascii_case(b),
+            (Tok::Quoted(a), Tok::Quoted(b)) | (Tok::Op(a), Tok::Op(b)) => a == b,
+            (Tok::Value, Tok::Value) | (Tok::Cast, Tok::Cast) => true,
+            (Tok::Punct(a), Tok::Punct(b)) => a == b,
+            _ => false,
+        }
+    }
+
+    pub(crate) fn is_word(&self, kw: &str) -> bool {
+        matches!(self, Tok::Word(w) if w.eq_ignore_ascii_case(kw))
+    }
+}
+
+/// Lexer output.
+pub(crate) struct Lexed<'a> {
+    pub toks: Vec<Tok<'a>>,
+    /// Operators plus AND/OR/NOT keywords: a bound on expression-tree depth.
+    pub operators: usize,
+    /// Deepest bracket nesting.
+    pub max_depth: usize,
+}
+
+const OP_CHARS: &[u8] = b"+-*/<>=~!@#%^&|`?";
+const OP_SPECIAL: &[u8] = b"~!@#%^&|`?";
+
+fn is_ident_start(b: u8) -> bool {
+    b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
+}
+
+fn is_ident_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+}
+
+/// Words after which a `-`/`+` starts a signed literal rather than a subtraction.
+#[rustfmt::skip]
+const NON_OPERAND_WORDS: &[&str] = &[
+    "select", "where", "and", "or", "not", "when", "then", "else", "by", "limit", "offset",
+    "values", "in", "between", "like", "ilike", "is", "return", "returning", "set", "on",
+    "having", "as", "case", "array", "any", "all", "some", "distinct",
+];
+
+fn is_operand(t: Option<&Tok<'_>>) -> bool {
+    match t {
+        None => false,
+        Some(Tok::Word(w)) => !NON_OPERAND_WORDS.iter().any(|k| w.eq_ignore_ascii_case(k)),
+        Some(Tok::Quoted(_)) | Some(Tok::Value) => true,
+        Some(Tok::Punct(p)) => *p == b')' || *p == b']',
+        Some(Tok::Op(_)) | Some(Tok::Cast) => false,
+    }
+}
+
+/// Skips a quoted run starting at `i` (the opening quote `q`), where a doubled quote is an
+/// escaped quote and, if `backslash`, `\x` escapes any byte. Returns the index past the end.
+fn skip_quoted(b: &[u8], mut i: usize, q: u8, backslash: bool) -> usize {
+    i += 1;
+    while i < b.len() {
+        let c = b[i];
+        if backslash && c == b'\\' {
+            i += 2;
+            continue;
+        }
+        if c == q {
+            if b.get(i + 1) == Some(&q) {
+                i += 2;
+                continue;
+            }
+            return i + 1;
+        }
+        i += 1;
+    }
+    b.len()
+}
+
+/// At `b[i] == b'$'`: a dollar-quote opener `$tag$`? Returns the tag length including both `$`.
+fn dollar_tag(b: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    if j < b.len() && (b[j].is_ascii_digit()) {
+        return None;
+    }
+    while j < b.len() && b[j] != b'$' {
+        if !(b[j].is_ascii_alphanumeric() || b[j] == b'_' || b[j] >= 0x80) {
+            return None;
+        }
+        j += 1;
+    }
+    (j < b.len()).then_some(j + 1 - i)
+}
+
+fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    if needle.is_empty() || from > hay.len() {
+        return None;
+    }
+    hay[from..]
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|p| p + from)
+}
+
+/// Lexes `src` completely.
+pub(crate) fn lex(src: &str) -> Lexed<'_> {
+    let b = src.as_bytes();
+    let mut toks: Vec<Tok<'_>> = Vec::with_capacity(b.len() / 4 + 4);
+    let (mut operators, mut depth, mut max_depth) = (0usize, 0usize, 0usize);
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c => i += 1,
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                i = find(b, b"\n", i).map_or(b.len(), |p| p + 1);
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                // Nested block comments, as in PostgreSQL.
+                let mut level = 0usize;
+                while i < b.len() {
+                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+                        level += 1;
+                        i += 2;
+                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+                        level -= 1;
+                        i += 2;
+                        if level == 0 {
+                            break;
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            b'\'' => {
+                i = skip_quoted(b, i, b'\'', false);
+                push_value(&mut toks);
+            }
+            b'"' => {
+                let end = skip_quoted(b, i, b'"', false);
+                toks.push(Tok::Quoted(&src[i..end]));
+                i = end;
+            }
+            b'$' => {
+                if b.get(i + 1).is_some_and(u8::is_ascii_digit) {
+                    i += 1;
+                    while i < b.len() && b[i].is_ascii_digit() {
+                        i += 1;
+                    }
+                    push_value(&mut toks);
+                } else if let Some(tag_len) = dollar_tag(b, i) {
+                    let body = i + tag_len;
+                    i = find(b, &b[i..body], body).map_or(b.len(), |p| p + tag_len);
+                    push_value(&mut toks);
+                } else {
+                    toks.push(Tok::Punct(b'$'));
+                    i += 1;
+                }
+            }
+            b'0'..=b'9' => {
+                i = skip_number(b, i);
+                push_number(&mut toks);
+            }
+            b'.' if b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                i = skip_number(b, i);
+                push_number(&mut toks);
+            }
+            _ if is_ident_start(c) => {
+                let start = i;
+                while i < b.len() && is_ident_char(b[i]) {
+                    i += 1;
+                }
+                let word = &src[start..i];
+                let next = b.get(i).copied();
+                let prefix = word.len() == 1 && matches!(c | 0x20, b'e' | b'b' | b'x' | b'n');
+                if prefix && next == Some(b'\'') {
+                    i = skip_quoted(b, i, b'\'', c | 0x20 == b'e');
+                    push_value(&mut toks);
+                } else if word.eq_ignore_ascii_case("u") && next == Some(b'&') {
+                    match b.get(i + 1) {
+                        Some(b'\'') => {
+                            i = skip_quoted(b, i + 1, b'\'', false);
+                            push_value(&mut toks);
+                        }
+                        Some(b'"') => {
+                            let end = skip_quoted(b, i + 1, b'"', false);
+                            toks.push(Tok::Quoted(&src[start..end]));
+                            i = end;
+                        }
+                        _ => toks.push(Tok::Word(word)),
+                    }
+                } else {
+                    if ["and", "or", "not"]
+                        .iter()
+                        .any(|k| word.eq_ignore_ascii_case(k))
+                    {
+                        operators += 1;
+                    }
+                    toks.push(Tok::Word(word));
+                }
+            }
+            b':' if b.get(i + 1) == Some(&b':') => {
+                toks.push(Tok::Cast);
+                i += 2;
+            }
+            b'(' | b'[' => {
+                depth += 1;
+                max_depth = max_depth.max(depth);
+                toks.push(Tok::Punct(c));
+                i += 1;
+            }
+            b')' | b']' => {
+                depth = depth.saturating_sub(1);
+                toks.push(Tok::Punct(c));
+                i += 1;
+            }
+            _ if OP_CHARS.contains(&c) => {
+                let end = operator_end(b, i);
+                operators += 1;
+                toks.push(Tok::Op(&src[i..end]));
+                i = end;
+            }
+            _ => {
+                // Any other byte (ASCII punctuation; non-ASCII bytes are identifier bytes).
+                toks.push(Tok::Punct(c));
+                i += 1;
+            }
+        }
+    }
+    Lexed {
+        toks,
+        operators,
+        max_depth,
+    }
+}
+
+/// End of an operator run starting at `i`, following PostgreSQL's rules: a run stops before
+/// `--` or `/*`, and a multi-character operator may not end in `+`/`-` unless it contains one
+/// of `~ ! @ # % ^ & | \` ?`.
+fn operator_end(b: &[u8], start: usize) -> usize {
+    let mut end = start;
+    while end < b.len() && OP_CHARS.contains(&b[end]) {
+        if end > start && (b[end..].starts_with(b"--") || b[end..].starts_with(b"/*")) {
+            break;
+        }
+        end += 1;
+    }
+    if end - start > 1 && !b[start..end].iter().any(|c| OP_SPECIAL.contains(c)) {
+        while end - start > 1 && matches!(b[end - 1], b'+' | b'-') {
+            end -= 1;
+        }
+    }
+    end.max(start + 1)
+}
+
+fn skip_number(b: &[u8], mut i: usize) -> usize {
+    let digits = |b: &[u8], mut i: usize| {
+        while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+            if matches!(b[i], b'e' | b'E')
+                && b.get(i + 1).is_some_and(|c| matches!(c, b'+' | b'-'))
+                && b.get(i + 2).is_some_and(u8::is_ascii_digit)
+            {
+                i += 2;
+            }
+            i += 1;
+        }
+        i
+    };
+    i = digits(b, i);
+    if b.get(i) == Some(&b'.') && b.get(i + 1) != Some(&b'.') {
+        i = digits(b, i + 1);
+    }
+    i
+}
+
+fn push_value(toks: &mut Vec<Tok<'_>>) {
+    toks.push(Tok::Value);
+}
+
+/// A number; a preceding unary `-`/`+` (one not following an operand) folds into it.
+fn push_number(toks: &mut Vec<Tok<'_>>) {
+    let n = toks.len();
+    let signed = n >= 1 && matches!(toks[n - 1], Tok::Op("-") | Tok::Op("+"));
+    let before = if n >= 2 { toks.get(n - 2) } else { None };
+    if signed && !is_operand(before) {
+        toks.pop();
+    }
+    toks.push(Tok::Value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(s: &str) -> Vec<Tok<'_>> {
+        lex(s).toks
+    }
+
+    #[test]
+    fn literals_become_values() {
+        use Tok::*;
+        assert_eq!(
+            kinds("SELECT 'a''b', E'x\\'y', $1, 1.5e-3, $$body$$, $t$ $ $t$ FROM t"),
+            vec![
+                Word("SELECT"),
+                Value,
+                Punct(b','),
+                Value,
+                Punct(b','),
+                Value,
+                Punct(b','),
+                Value,
+                Punct(b','),
+                Value,
+                Punct(b','),
+                Value,
+                Word("FROM"),
+                Word("t")
+            ]
+        );
+    }
+
+    #[test]
+    fn negative_numbers_and_operators() {
+        use Tok::*;
+        assert_eq!(kinds("a=-1"), vec![Word("a"), Op("="), Value]);
+        assert_eq!(kinds("a - 1"), vec![Word("a"), Op("-"), Value]);
+        assert_eq!(kinds("x->>'k'"), vec![Word("x"), Op("->>"), Value]);
+        assert_eq!(kinds("a::int"), vec![Word("a"), Cast, Word("int")]);
+        assert_eq!(kinds("a--c\n/* x /* y */ */b"), vec![Word("a"), Word("b")]);
+    }
+
+    #[test]
+    fn unterminated_input_is_total() {
+        for s in [
+            "'abc",
+            "\"abc",
+            "$tag$ body",
+            "/* open",
+            "E'\\",
+            "u&",
+            "$",
+            "1e+",
+            "\u{e9}t\u{e9}",
+        ] {
+            let _ = lex(s);
+        }
+    }
+
+    #[test]
+    fn depth_and_operators_counted() {
+        let l = lex("select ((1)) + 2 and not x");
+        assert_eq!(l.max_depth, 2);
+        assert_eq!(l.operators, 3);
+    }
+}
