@@ -415,3 +415,20 @@ async fn deallocate_all_behaves_as_on_a_direct_connection() {
         40
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn application_name_add_host_shows_the_client_address() {
+    let env = env(PoolMode::Transaction, 1, |c| {
+        c.pgferry.application_name_add_host = true
+    })
+    .await;
+    let url = format!("{} application_name=web", env.url("app", APP_PW));
+    let c = connect_url(&url).await.unwrap();
+    let name = show(&c, "application_name").await;
+    assert!(name.starts_with("web - 127.0.0.1:"), "{name}");
+    // Another client on the same (only) server sees its own name, not this one.
+    let other = env.connect().await;
+    let other_name = show(&other, "application_name").await;
+    assert!(other_name.starts_with(" - 127.0.0.1:"), "{other_name}");
+    assert_ne!(other_name, name);
+}

@@ -170,9 +170,21 @@ async fn startup(
             return refuse_for_server(conn, e).await.map(|_| None);
         }
     };
+    let mut startup_params = msg.params;
+    if cfg.pgferry.application_name_add_host {
+        // PgBouncer's format: "name - host:port", so server-side logs show the real client.
+        let suffix = format!("{}:{}", peer.ip(), peer.port());
+        match startup_params
+            .iter_mut()
+            .find(|(k, _)| k == "application_name")
+        {
+            Some((_, v)) => *v = format!("{v} - {suffix}"),
+            None => startup_params.push(("application_name".into(), format!(" - {suffix}"))),
+        }
+    }
     let params = ClientParams::new(
         &welcome,
-        &msg.params,
+        &startup_params,
         &cfg.pgferry.track_extra_parameters,
         &cfg.pgferry.ignore_startup_parameters,
     );
