@@ -224,3 +224,90 @@ async fn unparseable_statements_pass_through_and_are_counted() {
         "{q:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_and_metrics_show_queries_and_bursts() {
+    use std::io::Write;
+    let env = env(PoolMode::Transaction, 2, |c| {
+        c.pgferry.admin_users = vec!["admin".into()];
+        c.pgferry.metrics_addr = "127.0.0.1:0".into();
+        let path = c.pgferry.auth_file.clone().unwrap();
+        let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+        writeln!(f, "\"admin\" \"admin-pw\"").unwrap();
+    })
+    .await;
+    let c = env.connect().await;
+    c.simple_query("SELECT id FROM items WHERE qty < 51")
+        .await
+        .unwrap();
+    for id in 1..=50 {
+        c.simple_query(&format!("SELECT name FROM items WHERE id = {id}"))
+            .await
+            .unwrap();
+    }
+    c.simple_query("SELECT 1").await.unwrap();
+    let console = connect_url(&format!(
+        "host=127.0.0.1 port={} user=admin password=admin-pw dbname=pgbouncer",
+        env.addr.port()
+    ))
+    .await
+    .unwrap();
+    let rows =
+        |msgs: Vec<tokio_postgres::SimpleQueryMessage>| -> Vec<tokio_postgres::SimpleQueryRow> {
+            msgs.into_iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+                    _ => None,
+                })
+                .collect()
+        };
+    let q = rows(console.simple_query("SHOW QUERIES").await.unwrap());
+    let lookup = q
+        .iter()
+        .find(|r| {
+            r.get("query")
+                .unwrap_or("")
+                .contains("from items where id =")
+        })
+        .expect("lookup shape listed in SHOW QUERIES");
+    assert_eq!(lookup.get("calls"), Some("50"));
+    let n1 = rows(console.simple_query("SHOW N_PLUS_ONE;").await.unwrap());
+    assert_eq!(n1.len(), 1);
+    assert_eq!(n1[0].get("count"), Some("50"));
+    let totals = rows(
+        console
+            .simple_query("show n_plus_one_totals")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(totals.len(), 1);
+
+    // Prometheus counter for the burst, labelled by database and user.
+    let addr = env
+        .app()
+        .metrics
+        .as_ref()
+        .and_then(|m| m.local_addr())
+        .expect("metrics listener");
+    let body = http_get(addr).await;
+    let line = body
+        .lines()
+        .find(|l| l.starts_with("pgferry_n_plus_one_bursts_total{"))
+        .unwrap_or_else(|| panic!("no burst counter in:\n{body}"));
+    assert!(
+        line.contains("database=\"shop\"") && line.contains("user=\"app\""),
+        "{line}"
+    );
+    assert!(line.ends_with(" 1"), "{line}");
+}
+
+async fn http_get(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}

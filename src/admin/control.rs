@@ -118,6 +118,10 @@ pub async fn wait_released(app: &App, dbs: &[String]) {
                     p.server_count() + p.stats.active.load(std::sync::atomic::Ordering::Relaxed);
             }
         }
+        // RESUME from another session ends the wait.
+        if !dbs.iter().any(|d| app.db_control(d).is_paused()) {
+            return;
+        }
         // Twice in a row, so a checkout that passed the pause gate just before is seen.
         quiet = if open == 0 { quiet + 1 } else { 0 };
         if quiet >= 2 {

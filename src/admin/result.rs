@@ -182,9 +182,25 @@ mod tests {
         let mut out = BytesMut::new();
         let mut t = Table::new(&mut out, &[("a", Type::Text), ("b", Type::Int8)]);
         t.row(vec![Val::from("x"), Val::Null]);
+        t.row(vec![Val::from(7u64)]);
         t.finish();
+        // RowDescription: 'T', length, 2 fields; "a" is text (25), "b" int8 (20).
         assert_eq!(out[0], b'T');
-        let d = out.iter().position(|b| *b == b'D').unwrap_or(0);
-        assert!(d > 0);
+        let len = u32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize;
+        assert_eq!(&out[5..7], &[0, 2]);
+        assert_eq!(&out[7..9], b"a\0");
+        assert_eq!(&out[15..19], &25u32.to_be_bytes());
+        let rows = &out[1 + len..];
+        // DataRow 1: 'x', then NULL (-1).
+        let first: &[u8] = &[
+            b'D', 0, 0, 0, 15, 0, 2, 0, 0, 0, 1, b'x', 255, 255, 255, 255,
+        ];
+        assert_eq!(&rows[..16], first);
+        // DataRow 2: "7", then NULL for the missing cell; then CommandComplete SHOW.
+        let second: &[u8] = &[
+            b'D', 0, 0, 0, 15, 0, 2, 0, 0, 0, 1, b'7', 255, 255, 255, 255,
+        ];
+        assert_eq!(&rows[16..32], second);
+        assert_eq!(rows[32], b'C');
     }
 }

@@ -116,6 +116,16 @@ const HELP: &str = "
 \tSHUTDOWN WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS
 \tWAIT_CLOSE [<db>]";
 
+/// SHOW QUERIES / N_PLUS_ONE / N_PLUS_ONE_TOTALS: pgferry's own views (docs/insight.md).
+fn insight_table(ctx: &mut Ctx<'_>, table: crate::insight::Table) {
+    let cols: Vec<(&str, super::result::Type)> = table.columns.iter().map(|c| (*c, Text)).collect();
+    let mut t = Table::new(&mut ctx.out, &cols);
+    for r in table.rows {
+        t.row(r.into_iter().map(super::result::Val::from).collect());
+    }
+    t.finish();
+}
+
 /// Answers `SHOW what` (`what` lowercase).
 pub fn show(ctx: &mut Ctx<'_>, what: &str, query: &str) {
     let app = ctx.app.clone();
@@ -170,6 +180,9 @@ pub fn show(ctx: &mut Ctx<'_>, what: &str, query: &str) {
             ctx.done("SHOW");
         }
         "stats" | "stats_totals" | "stats_averages" | "totals" => stats::show(ctx, what),
+        "queries" => insight_table(ctx, app.insight.show_queries()),
+        "n_plus_one" => insight_table(ctx, app.insight.show_n_plus_one()),
+        "n_plus_one_totals" => insight_table(ctx, app.insight.show_n_plus_one_totals()),
         other => match FAKE_PARAMS.iter().find(|(k, _)| *k == other) {
             Some((k, v)) => {
                 let mut t = Table::new(&mut ctx.out, &[(k, Text)]);
@@ -517,4 +530,29 @@ fn mem(ctx: &mut Ctx<'_>, app: &App) {
         t.row(row![name, size, used, 0, size * used]);
     }
     t.finish();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// PgBouncer's type letters: s text, i int4, q int8, N numeric (T timestamps are text).
+    fn letters(cols: &[(&str, Type)]) -> String {
+        cols.iter()
+            .map(|(_, t)| match t {
+                Text => 's',
+                Int4 => 'i',
+                Int8 => 'q',
+                Numeric => 'N',
+            })
+            .collect()
+    }
+
+    #[test]
+    fn column_types_match_pgbouncer() {
+        assert_eq!(letters(POOLS), "ssiiiiiiiiiiiiiss");
+        assert_eq!(letters(SOCKETS), "ssssssisissiiississii");
+        assert_eq!(letters(DATABASES), "ssissiiiissiiiiii");
+        assert_eq!(letters(USERS), "ssssiiii");
+    }
 }

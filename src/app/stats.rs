@@ -165,7 +165,7 @@ impl App {
 }
 
 /// Starts the task that refreshes averages every `stats_period` (re-read each time, so SET and
-/// RELOAD apply) and keeps the metrics recorder tidy. It ends when the app is dropped.
+/// RELOAD apply). It ends when the app is dropped.
 pub fn spawn(app: &Arc<App>) {
     let weak: Weak<App> = Arc::downgrade(app);
     app.refresh_averages();
@@ -183,9 +183,6 @@ pub fn spawn(app: &Arc<App>) {
             tokio::time::sleep(period).await;
             let Some(app) = weak.upgrade() else { return };
             app.refresh_averages();
-            if let Some(m) = &app.metrics {
-                m.upkeep();
-            }
         }
     });
 }

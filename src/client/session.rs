@@ -653,7 +653,14 @@ impl Session<'_> {
             return Ok(true);
         }
         self.info.set_state(ClientState::Waiting);
-        let checkout = self.pool.checkout().await;
+        // KILL / KILL_CLIENT also reach a client that is waiting for a server.
+        let checkout = tokio::select! {
+            c = self.pool.checkout() => c,
+            _ = self.info.kill.notified() => {
+                self.info.set_state(ClientState::Idle);
+                return self.killed().await.map(|_| false);
+            }
+        };
         self.info.set_state(ClientState::Idle);
         let mut c = match checkout {
             Ok(c) => c,

@@ -134,6 +134,18 @@ pub(super) const DESCRIPTIONS: &[(&str, &str, &str, char)] = &[
         'c',
     ),
     (
+        "pgferry_n_plus_one_bursts_total",
+        "",
+        "N+1 bursts detected (one statement shape run many times with distinct parameters by one client).",
+        'c',
+    ),
+    (
+        "pgferry_duplicate_queries_total",
+        "",
+        "Duplicate-query bursts detected (one statement repeated with identical parameters by one client).",
+        'c',
+    ),
+    (
         "pgferry_errors_total",
         "",
         "ErrorResponses sent to clients, by SQLSTATE class.",
@@ -328,6 +340,14 @@ pub(super) fn refresh(m: &Metrics, app: &App) {
     let failures = app.counters.login_failures.load(Ordering::Relaxed);
     m.counter("pgferry_login_attempts_total", vec![], logins + failures);
     m.counter("pgferry_login_failures_total", vec![], failures);
+    for ((db, user), n) in app.insight.n_plus_one_bursts_total() {
+        let lb = vec![Label::new("database", db), Label::new("user", user)];
+        m.counter("pgferry_n_plus_one_bursts_total", lb, n);
+    }
+    for ((db, user), n) in app.insight.duplicate_queries_total() {
+        let lb = vec![Label::new("database", db), Label::new("user", user)];
+        m.counter("pgferry_duplicate_queries_total", lb, n);
+    }
 }
 
 fn with(mut l: Vec<Label>, key: &'static str, value: &str) -> Vec<Label> {
