@@ -53,11 +53,12 @@ async fn session_for(
     peer: SocketAddr,
     count: usize,
 ) -> Result<(), ClientError> {
-    let login = match login::login(app, conn, peer, count).await? {
+    // The login future (SCRAM state and all) is boxed so it is freed once the client is in.
+    let login = match Box::pin(login::login(app, conn, peer, count)).await? {
         Some(login::Outcome::Session(login)) => login,
         Some(login::Outcome::Admin { user, role }) => {
             tracing::info!(%peer, %user, "admin console login");
-            return crate::admin::serve(app, conn, &user, role).await;
+            return Box::pin(crate::admin::serve(app, conn, &user, role)).await;
         }
         None => return Ok(()), // a cancel request, already answered
     };

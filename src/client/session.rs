@@ -209,7 +209,7 @@ pub async fn run(
         xact_start: None,
     };
     let r = s.run_loop().await;
-    s.finish().await;
+    Box::pin(s.finish()).await;
     app.cancels.unregister(pid);
     r
 }
@@ -261,7 +261,8 @@ impl Session<'_> {
                 return Ok(());
             }
             if self.server.is_none() {
-                self.client.shrink();
+                // Between transactions the client holds no server and needs no buffers.
+                self.client.release_buffers();
             }
             let server_err = match self.server.as_mut() {
                 Some(c) => {
@@ -278,7 +279,7 @@ impl Session<'_> {
                 }
                 None => {
                     tokio::select! {
-                        r = self.client.fill() => { r?; None }
+                        r = self.client.fill_when_readable() => { r?; None }
                         _ = self.info.kill.notified() => return self.killed().await,
                         r = self.shutdown.changed(), if watch_shutdown => {
                             watch_shutdown = r.is_ok();
@@ -351,12 +352,12 @@ impl Session<'_> {
                 }
                 // Literals are inline in a simple query: the text itself is the parameter set.
                 let stat = self.analyze(q).map(|(a, h)| self.observe(a, h));
-                if self.ensure_server(false).await? {
+                if Box::pin(self.ensure_server(false)).await? {
                     self.forward(&f, Some(Pending::Query { stat }));
                 }
             }
             tag::FUNCTION_CALL => {
-                if self.ensure_server(false).await? {
+                if Box::pin(self.ensure_server(false)).await? {
                     self.forward(&f, Some(Pending::Query { stat: None }));
                 }
             }
@@ -366,7 +367,7 @@ impl Session<'_> {
             tag::EXECUTE => {
                 self.tally.queries += 1;
                 let stat = self.bound.clone().map(|(a, h)| self.observe(a, h));
-                if self.ensure_server(true).await? {
+                if Box::pin(self.ensure_server(true)).await? {
                     let copy_ends = self.copy_ends;
                     self.forward(&f, Some(Pending::Execute { copy_ends, stat }));
                     self.unsynced = true;
@@ -425,7 +426,7 @@ impl Session<'_> {
             self.search_path_dirty = true;
         }
         if !self.rewrite || p.name.is_empty() {
-            if self.ensure_server(true).await? {
+            if Box::pin(self.ensure_server(true)).await? {
                 self.forward(
                     f,
                     Some(Pending::Parse {
@@ -447,7 +448,7 @@ impl Session<'_> {
             return Ok(());
         }
         let stmt = Arc::new(Stmt::from_parse(&p));
-        if !self.ensure_server(true).await? {
+        if !Box::pin(self.ensure_server(true)).await? {
             return Ok(());
         }
         self.stmts.insert(p.name, stmt.clone());
@@ -519,7 +520,7 @@ impl Session<'_> {
                 .map(|a| (a.clone(), text_hash(b.rest)));
         }
         if !self.rewrite || b.statement.is_empty() {
-            if self.ensure_server(true).await? {
+            if Box::pin(self.ensure_server(true)).await? {
                 self.forward(f, Some(Pending::Bind));
                 self.unsynced = true;
             }
@@ -528,7 +529,7 @@ impl Session<'_> {
         let Some(stmt) = self.lookup(b.statement) else {
             return Ok(());
         };
-        if !self.ensure_server(true).await? {
+        if !Box::pin(self.ensure_server(true)).await? {
             return Ok(());
         }
         self.ensure_prepared(&stmt);
@@ -544,7 +545,7 @@ impl Session<'_> {
             return self.protocol_violation("malformed Describe message").await;
         };
         if !self.rewrite || d.kind != b'S' || d.name.is_empty() {
-            if self.ensure_server(true).await? {
+            if Box::pin(self.ensure_server(true)).await? {
                 self.forward(f, Some(Pending::Describe));
                 self.unsynced = true;
             }
@@ -553,7 +554,7 @@ impl Session<'_> {
         let Some(stmt) = self.lookup(d.name) else {
             return Ok(());
         };
-        if !self.ensure_server(true).await? {
+        if !Box::pin(self.ensure_server(true)).await? {
             return Ok(());
         }
         self.ensure_prepared(&stmt);
@@ -769,7 +770,7 @@ impl Session<'_> {
                     views::error_field(f.body(), b'M').unwrap_or(b"server closed the connection");
                 let why = format!("server connection lost: {}", String::from_utf8_lossy(msg));
                 self.pool.count_error(code.as_bytes());
-                return self.server_lost_with(&code, &why).await;
+                return Box::pin(self.server_lost_with(&code, &why)).await;
             }
             tag::ERROR_RESPONSE => {
                 // In the extended protocol the server now skips everything up to Sync.
@@ -894,7 +895,8 @@ impl Session<'_> {
             return Err(ClientError::Refused("transaction in statement mode".into()));
         }
         if self.mode != PoolMode::Session && self.is_idle() {
-            self.release().await;
+            // Boxed: rarely large, and kept out of every client's resident task size.
+            Box::pin(self.release()).await;
         }
         Ok(())
     }
@@ -1102,8 +1104,7 @@ impl Session<'_> {
     /// was on that server (transaction mode, between transactions, one request in flight);
     /// otherwise it is told and disconnected, since its transaction or session is gone.
     async fn server_lost(&mut self, e: &NetError) -> Result<(), ClientError> {
-        self.server_lost_with("08006", &format!("server connection lost: {e}"))
-            .await
+        Box::pin(self.server_lost_with("08006", &format!("server connection lost: {e}"))).await
     }
 
     /// The server connection failed. Outside a transaction (transaction and statement mode)

@@ -8,6 +8,8 @@ use bytes::{Buf, BytesMut};
 use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+/// First read after an idle client's buffer was released.
+const SMALL_READ: usize = 1000;
 /// Read buffer size for one read call; also the size up to which output is batched.
 const CHUNK: usize = 16 * 1024;
 /// Output is flushed once this much is queued, so a large result never piles up in memory.
@@ -167,10 +169,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
+    /// Frees both buffers if they hold nothing: an idle client then costs no buffer memory.
+    pub fn release_buffers(&mut self) {
+        if self.rbuf.is_empty() {
+            self.rbuf = BytesMut::new();
+        }
+        if self.wbuf.is_empty() {
+            self.wbuf = BytesMut::new();
+        }
+    }
+
     /// Flushes and shuts the write side down.
     pub async fn close(&mut self) {
         let _ = self.flush().await;
         let _ = self.stream.shutdown().await;
+    }
+}
+
+impl Conn<tokio::net::TcpStream> {
+    /// Like [`Conn::fill`], but when the read buffer was released it first waits for the socket
+    /// to become readable, so no buffer is allocated while the peer is silent. Cancel-safe.
+    pub async fn fill_when_readable(&mut self) -> Result<(), NetError> {
+        if self.rbuf.capacity() == 0 {
+            self.stream.readable().await?;
+            // Most requests are small: start with a buffer malloc serves from its fast path;
+            // the frame header then tells `fill` how much more to reserve.
+            self.rbuf.reserve(SMALL_READ);
+            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+                return Err(NetError::Closed);
+            }
+            return Ok(());
+        }
+        self.fill().await
     }
 }
 
