@@ -17,8 +17,8 @@ const PREFIX: &str = "SCRAM-SHA-256$";
 const DEFAULT_ITERATIONS: u32 = 4096;
 const DEFAULT_SALT_LEN: usize = 16;
 
-/// A parsed SCRAM-SHA-256 verifier.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A parsed SCRAM-SHA-256 verifier. `Debug` shows the iteration count only.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ScramSecret {
     /// PBKDF2 iteration count (at least 1).
     pub iterations: u32,
@@ -28,6 +28,14 @@ pub struct ScramSecret {
     pub stored_key: [u8; 32],
     /// HMAC(SaltedPassword, "Server Key").
     pub server_key: [u8; 32],
+}
+
+impl std::fmt::Debug for ScramSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScramSecret")
+            .field("iterations", &self.iterations)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ScramSecret {

@@ -11,8 +11,9 @@ use std::collections::HashMap;
 use super::error::AuthError;
 use super::scram_secret::ScramSecret;
 
-/// What pgferry knows about a user's password.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What pgferry knows about a user's password. `Debug` never shows the secret itself, so a
+/// stray `{:?}` cannot put a password in a log line.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Secret {
     /// The password itself.
     Plain(String),
@@ -21,6 +22,16 @@ pub enum Secret {
     Md5(String),
     /// A SCRAM-SHA-256 verifier as PostgreSQL stores it.
     Scram(ScramSecret),
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Secret::Plain(_) => "Secret::Plain(<redacted>)",
+            Secret::Md5(_) => "Secret::Md5(<redacted>)",
+            Secret::Scram(_) => "Secret::Scram(<redacted>)",
+        })
+    }
 }
 
 /// Classifies a secret string the way PostgreSQL and PgBouncer do:
