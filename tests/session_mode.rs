@@ -8,8 +8,6 @@ mod raw;
 use common::*;
 use futures_util::StreamExt;
 use pgferry::config::{AuthType, PoolMode};
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::{AsyncMessage, NoTls};
 
@@ -288,29 +286,7 @@ async fn abandoned_transaction_is_not_handed_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_connections_stay_within_pool_size() {
     let env = env(PoolMode::Session, 2, |_| {}).await;
-    let direct = env.direct().await;
-    let peak = Arc::new(AtomicI64::new(0));
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let watcher = {
-        let (peak, stop) = (peak.clone(), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                let n: i64 = direct
-                    .query_one(
-                        "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'",
-                        &[],
-                    )
-                    .await
-                    .unwrap()
-                    .get(0);
-                peak.fetch_max(n, Ordering::Relaxed);
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(10)) => {}
-                    _ = stop.notified() => return,
-                }
-            }
-        })
-    };
+    let watcher = env.watch_backends("app").await;
     let mut tasks = Vec::new();
     for i in 0..8i32 {
         let url = env.url("app", APP_PW);
@@ -343,9 +319,7 @@ async fn server_connections_stay_within_pool_size() {
             .expect("a session client hung")
             .unwrap();
     }
-    stop.notify_one();
-    watcher.await.unwrap();
-    let p = peak.load(Ordering::Relaxed);
+    let p = watcher.stop().await;
     assert!((1..=2).contains(&p), "peak app backends {p}");
 }
 

@@ -6,8 +6,7 @@ mod common;
 
 use common::*;
 use pgferry::config::PoolMode;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,30 +121,7 @@ async fn five_hundred_clients_share_five_server_connections() {
         c.pgferry.auth_type = pgferry::config::AuthType::Trust;
     })
     .await;
-    let direct = env.direct().await;
-    let peak = Arc::new(AtomicI64::new(0));
-    let done = Arc::new(tokio::sync::Notify::new());
-    let watcher = {
-        let peak = peak.clone();
-        let done = done.clone();
-        tokio::spawn(async move {
-            loop {
-                let n: i64 = direct
-                    .query_one(
-                        "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'",
-                        &[],
-                    )
-                    .await
-                    .unwrap()
-                    .get(0);
-                peak.fetch_max(n, Ordering::Relaxed);
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(10)) => {}
-                    _ = done.notified() => return,
-                }
-            }
-        })
-    };
+    let watcher = env.watch_backends("app").await;
     let mut tasks = Vec::new();
     for i in 0..500i32 {
         let url = env.url("app", APP_PW);
@@ -163,9 +139,7 @@ async fn five_hundred_clients_share_five_server_connections() {
     for t in tasks {
         clients.push(t.await.unwrap());
     }
-    done.notify_one();
-    watcher.await.unwrap();
-    let peak = peak.load(Ordering::Relaxed);
+    let peak = watcher.stop().await;
     assert!(peak >= 1, "watcher saw no backend at all");
     assert!(peak <= 5, "saw {peak} backends for a pool of 5");
     assert_eq!(env.app().counters.logins.load(Ordering::Relaxed), 500);

@@ -144,6 +144,48 @@ impl Env {
     }
 }
 
+/// Samples how many backends a user has on PostgreSQL every 10 ms, until stopped.
+pub struct PeakWatcher {
+    stop: std::sync::Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<i64>,
+}
+
+impl PeakWatcher {
+    /// Stops sampling; returns the highest count seen.
+    pub async fn stop(self) -> i64 {
+        self.stop.notify_one();
+        self.task.await.unwrap()
+    }
+}
+
+impl Env {
+    /// Starts a [`PeakWatcher`] for `user` over a direct superuser connection.
+    pub async fn watch_backends(&self, user: &'static str) -> PeakWatcher {
+        let direct = self.direct().await;
+        let stop = std::sync::Arc::new(tokio::sync::Notify::new());
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut peak = 0;
+            loop {
+                let n: i64 = direct
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
+                        &[&user],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                peak = peak.max(n);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                    _ = stopped.notified() => return peak,
+                }
+            }
+        });
+        PeakWatcher { stop, task }
+    }
+}
+
 pub async fn connect_url(url: &str) -> Result<Client, tokio_postgres::Error> {
     let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
     tokio::spawn(async move {
