@@ -16,11 +16,11 @@ use crate::app::registry::ClientInfo;
 use crate::app::App;
 use crate::client::ClientError;
 use crate::net::Conn;
+use crate::net::Stream;
 use crate::protocol::build::{self, Severity};
 use crate::protocol::{tag, views};
 use bytes::BytesMut;
 use std::sync::Arc;
-use tokio::net::TcpStream;
 
 /// Names clients use to reach the console.
 pub const DATABASES: [&str; 2] = ["pgbouncer", "pgferry"];
@@ -88,21 +88,15 @@ impl Drop for Listed<'_> {
 /// Serves an authenticated console client until it leaves.
 pub async fn serve(
     app: &Arc<App>,
-    conn: &mut Conn<TcpStream>,
+    conn: &mut Conn<Stream>,
     user: &str,
     role: AdminRole,
 ) -> Result<(), ClientError> {
     let peer = conn
         .stream()
         .peer_addr()
-        .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-    let info = app.register_client(
-        peer,
-        conn.stream().local_addr().ok(),
-        user,
-        DATABASES[0],
-        "",
-    );
+        .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+    let info = app.register_client(peer, conn.stream().local_addr(), user, DATABASES[0], "");
     let _listed = Listed(app, info.id);
     welcome(conn.out());
     conn.flush().await?;
@@ -121,7 +115,7 @@ pub async fn serve(
     r
 }
 
-async fn session(ctx: &mut Ctx<'_>, conn: &mut Conn<TcpStream>) -> Result<(), ClientError> {
+async fn session(ctx: &mut Ctx<'_>, conn: &mut Conn<Stream>) -> Result<(), ClientError> {
     // After an extended-protocol message, everything up to Sync is ignored.
     let mut skipping = false;
     loop {

@@ -351,7 +351,7 @@ async fn accept_loop(app: Arc<App>, listener: TcpListener) {
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
                     let app = app.clone();
-                    tokio::spawn(crate::client::serve(app, stream, peer));
+                    tokio::spawn(crate::client::serve(app, stream.into(), peer));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.

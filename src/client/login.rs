@@ -9,6 +9,7 @@ use crate::app::cancel::CancelSlot;
 use crate::app::App;
 use crate::auth::{self, ScramServer, Secret};
 use crate::config::AuthType;
+use crate::net::Stream;
 use crate::net::{Conn, NetError};
 use crate::pool::Pool;
 use crate::protocol::build;
@@ -19,7 +20,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
 
 /// A logged-in client, ready for its session.
 pub struct Login {
@@ -44,7 +44,7 @@ pub enum Outcome {
 /// fully handled here (a cancel request).
 pub async fn login(
     app: &Arc<App>,
-    conn: &mut Conn<TcpStream>,
+    conn: &mut Conn<Stream>,
     peer: SocketAddr,
     count: usize,
 ) -> Result<Option<Outcome>, ClientError> {
@@ -65,7 +65,7 @@ pub async fn login(
 
 async fn startup(
     app: &Arc<App>,
-    conn: &mut Conn<TcpStream>,
+    conn: &mut Conn<Stream>,
     peer: SocketAddr,
     count: usize,
 ) -> Result<Option<Outcome>, ClientError> {
@@ -213,7 +213,7 @@ async fn startup(
 
 /// Answers a request for a newer 3.x minor version or `_pq_.` options the way PostgreSQL does.
 async fn negotiate_version(
-    conn: &mut Conn<TcpStream>,
+    conn: &mut Conn<Stream>,
     msg: &StartupMessage,
 ) -> Result<(), ClientError> {
     if msg.major != 3 {
@@ -241,7 +241,7 @@ async fn negotiate_version(
 
 /// Reports a failed server checkout during login.
 pub(super) async fn refuse_for_server(
-    conn: &mut Conn<TcpStream>,
+    conn: &mut Conn<Stream>,
     e: crate::pool::PoolError,
 ) -> Result<(), ClientError> {
     match e {
@@ -268,7 +268,7 @@ fn password_failed(user: &str) -> String {
 
 async fn authenticate(
     app: &Arc<App>,
-    conn: &mut Conn<TcpStream>,
+    conn: &mut Conn<Stream>,
     user: &str,
     auth_type: AuthType,
 ) -> Result<(), ClientError> {
@@ -276,6 +276,15 @@ async fn authenticate(
     match (auth_type, secret) {
         (AuthType::Trust, _) if !app.has_userlist() => Ok(()),
         (AuthType::Trust, Some(_)) => Ok(()),
+        // Client certificates arrive with TLS; until then there is nothing to check against.
+        (AuthType::Cert, _) => {
+            refuse(
+                conn,
+                "28000",
+                "certificate authentication needs a TLS connection",
+            )
+            .await
+        }
         (AuthType::Trust, None) => {
             refuse(conn, "28000", &format!("role \"{user}\" does not exist")).await
         }
@@ -324,7 +333,7 @@ async fn authenticate(
 }
 
 /// Reads a PasswordMessage body without its trailing NUL.
-async fn read_password(conn: &mut Conn<TcpStream>) -> Result<Vec<u8>, ClientError> {
+async fn read_password(conn: &mut Conn<Stream>) -> Result<Vec<u8>, ClientError> {
     let f = conn.read_frame().await?;
     if f.tag() != tag::PASSWORD {
         return refuse(conn, "08P01", "expected a password message")
@@ -336,7 +345,7 @@ async fn read_password(conn: &mut Conn<TcpStream>) -> Result<Vec<u8>, ClientErro
 }
 
 async fn scram(
-    conn: &mut Conn<TcpStream>,
+    conn: &mut Conn<Stream>,
     user: &str,
     secret: auth::ScramSecret,
 ) -> Result<(), ClientError> {

@@ -7,11 +7,11 @@ mod session;
 pub mod statements;
 
 use crate::app::App;
+use crate::net::Stream;
 use crate::net::{Conn, NetError};
 use crate::protocol::build::{self, Severity};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::net::TcpStream;
 
 /// How a client connection ended badly (logged; the client was already told if possible).
 #[derive(Debug, thiserror::Error)]
@@ -31,8 +31,8 @@ impl From<std::io::Error> for ClientError {
 }
 
 /// Serves one accepted client connection to its end.
-pub async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
+pub async fn serve(app: Arc<App>, stream: Stream, peer: SocketAddr) {
+    let _ = stream.set_nodelay();
     let count = app.client_enter();
     let max_packet = app.config.load().pgferry.max_packet_size as usize;
     let mut conn = Conn::new(stream, max_packet);
@@ -49,7 +49,7 @@ pub async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr) {
 
 async fn session_for(
     app: &Arc<App>,
-    conn: &mut Conn<TcpStream>,
+    conn: &mut Conn<Stream>,
     peer: SocketAddr,
     count: usize,
 ) -> Result<(), ClientError> {
@@ -69,7 +69,7 @@ async fn session_for(
     }
     let info = app.register_client(
         peer,
-        conn.stream().local_addr().ok(),
+        conn.stream().local_addr(),
         &user,
         &db,
         login.params.get("application_name").unwrap_or(""),
@@ -85,7 +85,7 @@ async fn session_for(
 
 /// Sends an error and marks the connection for closing.
 pub(crate) async fn refuse(
-    conn: &mut Conn<TcpStream>,
+    conn: &mut Conn<Stream>,
     code: &str,
     message: &str,
 ) -> Result<(), ClientError> {

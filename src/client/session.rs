@@ -13,6 +13,7 @@ use crate::app::registry::{now_us, ClientInfo, ClientState};
 use crate::app::App;
 use crate::config::PoolMode;
 use crate::insight::{SessionContext, SessionDetector};
+use crate::net::Stream;
 use crate::net::{Conn, NetError};
 use crate::pool::{Checkout, Pool, PoolError};
 use crate::protocol::build::{self, Severity};
@@ -27,7 +28,6 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 /// A request sent to the server (or answered locally) whose reply is still to come, in order.
@@ -118,7 +118,7 @@ struct Tally {
 
 struct Session<'a> {
     app: &'a Arc<App>,
-    client: &'a mut Conn<TcpStream>,
+    client: &'a mut Conn<Stream>,
     pool: Arc<Pool>,
     mode: PoolMode,
     /// Rename protocol-level statements (transaction and statement mode).
@@ -162,7 +162,7 @@ struct Session<'a> {
 /// Runs a logged-in client's session until it ends.
 pub async fn run(
     app: &Arc<App>,
-    client: &mut Conn<TcpStream>,
+    client: &mut Conn<Stream>,
     login: Login,
     info: Arc<ClientInfo>,
 ) -> Result<(), ClientError> {

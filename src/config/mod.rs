@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use error::ConfigError;
-pub use schema::{AuthType, Database, General, PoolMode, User};
+pub use schema::{AuthType, Database, General, PoolMode, TlsMode, User, DEFAULT_AUTH_QUERY};
 
 /// A whole configuration file.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
@@ -56,14 +56,25 @@ impl Config {
     }
 
     /// Parses and validates TOML text. `path`, when given, is used in error
-    /// messages, recorded as `source_path`, and anchors a relative `auth_file`.
+    /// messages, recorded as `source_path`, and anchors a relative `auth_file` and TLS files.
     pub fn parse_str(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
         let mut config: Config =
             toml::from_str(text).map_err(|e| ConfigError::from_toml(&e, text, path))?;
         config.source_path = path.map(Path::to_path_buf);
-        if let (Some(dir), Some(auth)) = (path.and_then(Path::parent), &config.pgferry.auth_file) {
-            if auth.is_relative() {
-                config.pgferry.auth_file = Some(dir.join(auth));
+        if let Some(dir) = path.and_then(Path::parent) {
+            let g = &mut config.pgferry;
+            for file in [
+                &mut g.auth_file,
+                &mut g.client_tls_key_file,
+                &mut g.client_tls_cert_file,
+                &mut g.client_tls_ca_file,
+                &mut g.server_tls_ca_file,
+                &mut g.server_tls_key_file,
+                &mut g.server_tls_cert_file,
+            ] {
+                if let Some(f) = file.as_mut().filter(|f| f.is_relative()) {
+                    *f = dir.join(&*f);
+                }
             }
         }
         config
@@ -114,6 +125,96 @@ impl Config {
         secs(v)
     }
 
+    /// Reserve connections for (`db`, `user`): user, then database, then general setting.
+    pub fn reserve_pool_size_for(&self, db: &str, user: &str) -> u32 {
+        self.users
+            .get(user)
+            .and_then(|u| u.reserve_pool_size)
+            .or_else(|| self.databases.get(db).and_then(|d| d.reserve_pool_size))
+            .unwrap_or(self.pgferry.reserve_pool_size)
+    }
+
+    /// Connections kept open for each pool of `db`.
+    pub fn min_pool_size_for(&self, db: &str) -> u32 {
+        self.databases
+            .get(db)
+            .and_then(|d| d.min_pool_size)
+            .unwrap_or(self.pgferry.min_pool_size)
+    }
+
+    /// Cap on server connections of `db` across its pools (0 = none).
+    pub fn max_db_connections_for(&self, db: &str) -> u32 {
+        self.databases
+            .get(db)
+            .and_then(|d| d.max_db_connections)
+            .unwrap_or(self.pgferry.max_db_connections)
+    }
+
+    /// Cap on client connections to `db` (0 = none).
+    pub fn max_db_client_connections_for(&self, db: &str) -> u32 {
+        self.databases
+            .get(db)
+            .and_then(|d| d.max_db_client_connections)
+            .unwrap_or(self.pgferry.max_db_client_connections)
+    }
+
+    /// Cap on server connections of `user` across their pools (0 = none).
+    pub fn max_user_connections_for(&self, user: &str) -> u32 {
+        self.users
+            .get(user)
+            .and_then(|u| u.max_user_connections)
+            .unwrap_or(self.pgferry.max_user_connections)
+    }
+
+    /// Cap on client connections of `user` (0 = none).
+    pub fn max_user_client_connections_for(&self, user: &str) -> u32 {
+        self.users
+            .get(user)
+            .and_then(|u| u.max_user_client_connections)
+            .unwrap_or(self.pgferry.max_user_client_connections)
+    }
+
+    /// server_lifetime for `db`'s pools (`None` = unlimited).
+    pub fn server_lifetime_for(&self, db: &str) -> Option<Duration> {
+        secs(
+            self.databases
+                .get(db)
+                .and_then(|d| d.server_lifetime)
+                .unwrap_or(self.pgferry.server_lifetime),
+        )
+    }
+
+    /// The per-client timeouts of `user`: the user's overrides win over the general ones.
+    pub fn client_timeouts_for(&self, user: &str) -> ClientTimeouts {
+        let u = self.users.get(user);
+        let g = &self.pgferry;
+        let pick = |o: Option<f64>, d: f64| secs(o.unwrap_or(d));
+        ClientTimeouts {
+            query_timeout: pick(u.and_then(|u| u.query_timeout), g.query_timeout),
+            idle_transaction_timeout: pick(
+                u.and_then(|u| u.idle_transaction_timeout),
+                g.idle_transaction_timeout,
+            ),
+            transaction_timeout: pick(u.and_then(|u| u.transaction_timeout), g.transaction_timeout),
+            client_idle_timeout: pick(u.and_then(|u| u.client_idle_timeout), g.client_idle_timeout),
+        }
+    }
+
+    /// The hosts of `db` (`host = "a,b"` lists several), in order.
+    pub fn hosts_of(&self, db: &str) -> Vec<String> {
+        self.databases
+            .get(db)
+            .map(|d| {
+                d.host
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|h| !h.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The database name sent to the server for client database `db`: its
     /// `dbname` if set, else `db` itself (also for databases not configured).
     pub fn server_dbname<'a>(&'a self, db: &'a str) -> &'a str {
@@ -122,6 +223,15 @@ impl Config {
             .and_then(|d| d.dbname.as_deref())
             .unwrap_or(db)
     }
+}
+
+/// Timeouts that apply to one client's session (`None` = disabled).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientTimeouts {
+    pub query_timeout: Option<Duration>,
+    pub idle_transaction_timeout: Option<Duration>,
+    pub transaction_timeout: Option<Duration>,
+    pub client_idle_timeout: Option<Duration>,
 }
 
 /// Converts a timeout in seconds to a `Duration`; `None` for 0, which means
@@ -172,6 +282,22 @@ impl General {
     /// `idle_transaction_timeout` as a Duration (`None` = disabled).
     pub fn idle_transaction_timeout(&self) -> Option<Duration> {
         secs(self.idle_transaction_timeout)
+    }
+    /// `transaction_timeout` as a Duration (`None` = disabled).
+    pub fn transaction_timeout(&self) -> Option<Duration> {
+        secs(self.transaction_timeout)
+    }
+    /// `cancel_wait_timeout` as a Duration (`None` = wait forever).
+    pub fn cancel_wait_timeout(&self) -> Option<Duration> {
+        secs(self.cancel_wait_timeout)
+    }
+    /// `server_check_delay` as a Duration (`None` = check on every reuse).
+    pub fn server_check_delay(&self) -> Option<Duration> {
+        secs(self.server_check_delay)
+    }
+    /// `reserve_pool_timeout` as a Duration (`None` = use the reserve at once).
+    pub fn reserve_pool_timeout(&self) -> Option<Duration> {
+        secs(self.reserve_pool_timeout)
     }
     /// `shutdown_timeout` as a Duration (`None` = wait for clients forever).
     pub fn shutdown_timeout(&self) -> Option<Duration> {

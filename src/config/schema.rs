@@ -73,6 +73,9 @@ pub enum AuthType {
     /// Clear-text password over the wire.
     #[serde(rename = "plain")]
     Plain,
+    /// The client's TLS certificate: its common name must equal the user name.
+    #[serde(rename = "cert")]
+    Cert,
 }
 
 impl AuthType {
@@ -83,6 +86,7 @@ impl AuthType {
             AuthType::Md5 => "md5",
             AuthType::ScramSha256 => "scram-sha-256",
             AuthType::Plain => "plain",
+            AuthType::Cert => "cert",
         }
     }
 }
@@ -102,12 +106,69 @@ impl FromStr for AuthType {
             "md5" => Ok(AuthType::Md5),
             "scram-sha-256" => Ok(AuthType::ScramSha256),
             "plain" => Ok(AuthType::Plain),
+            "cert" => Ok(AuthType::Cert),
             other => Err(format!(
-                "unknown auth type `{other}`, expected trust, md5, scram-sha-256 or plain"
+                "unknown auth type `{other}`, expected trust, md5, scram-sha-256, plain or cert"
             )),
         }
     }
 }
+
+/// TLS requirement on one side of the proxy (PgBouncer's `client_tls_sslmode` /
+/// `server_tls_sslmode`, libpq's `sslmode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// Plain TCP only.
+    Disable,
+    /// Plain unless the peer insists on TLS (server side: TLS only if asked; the client side
+    /// accepts TLS when offered).
+    Allow,
+    /// TLS when the peer supports it, plain otherwise.
+    Prefer,
+    /// TLS always; certificates are not checked.
+    Require,
+    /// TLS always; the peer's certificate must chain to the configured CA.
+    VerifyCa,
+    /// As verify-ca, and the certificate must name the host.
+    VerifyFull,
+}
+
+impl TlsMode {
+    /// The spelling used in the TOML file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Disable => "disable",
+            TlsMode::Allow => "allow",
+            TlsMode::Prefer => "prefer",
+            TlsMode::Require => "require",
+            TlsMode::VerifyCa => "verify-ca",
+            TlsMode::VerifyFull => "verify-full",
+        }
+    }
+
+    /// True for modes that refuse a connection without TLS.
+    pub fn requires_tls(self) -> bool {
+        matches!(
+            self,
+            TlsMode::Require | TlsMode::VerifyCa | TlsMode::VerifyFull
+        )
+    }
+
+    /// True for modes that check the peer's certificate against a CA.
+    pub fn verifies(self) -> bool {
+        matches!(self, TlsMode::VerifyCa | TlsMode::VerifyFull)
+    }
+}
+
+impl fmt::Display for TlsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// PgBouncer's default `auth_query`.
+pub const DEFAULT_AUTH_QUERY: &str = "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END FROM pg_authid WHERE rolname=$1 AND rolcanlogin";
 
 /// The `[pgferry]` table: process-wide settings (PgBouncer's `[pgbouncer]`).
 ///
@@ -117,14 +178,44 @@ impl FromStr for AuthType {
 pub struct General {
     pub listen_addr: String,
     pub listen_port: u16,
+    /// Directory for the Unix socket `.s.PGSQL.<listen_port>`; empty = no Unix socket.
+    pub unix_socket_dir: String,
+    /// Permissions of the Unix socket file (octal string, as PgBouncer).
+    pub unix_socket_mode: String,
+    pub listen_backlog: u32,
+    pub so_reuseport: bool,
+    pub tcp_keepalive: bool,
+    /// Seconds; 0 = the OS default.
+    pub tcp_keepidle: u32,
+    pub tcp_keepintvl: u32,
+    pub tcp_keepcnt: u32,
+    /// Milliseconds; 0 = the OS default.
+    pub tcp_user_timeout: u32,
+    pub client_tls_sslmode: TlsMode,
+    pub client_tls_key_file: Option<PathBuf>,
+    pub client_tls_cert_file: Option<PathBuf>,
+    pub client_tls_ca_file: Option<PathBuf>,
+    pub server_tls_sslmode: TlsMode,
+    pub server_tls_ca_file: Option<PathBuf>,
+    pub server_tls_key_file: Option<PathBuf>,
+    pub server_tls_cert_file: Option<PathBuf>,
     pub pool_mode: PoolMode,
     pub default_pool_size: u32,
     pub min_pool_size: u32,
+    pub reserve_pool_size: u32,
+    pub reserve_pool_timeout: f64,
     pub max_client_conn: u32,
     pub max_db_connections: u32,
     pub max_user_connections: u32,
+    pub max_db_client_connections: u32,
+    pub max_user_client_connections: u32,
     pub auth_type: AuthType,
     pub auth_file: Option<PathBuf>,
+    /// User that runs `auth_query` for users absent from `auth_file`.
+    pub auth_user: Option<String>,
+    pub auth_query: String,
+    /// Database `auth_query` runs in; default: the database the client asked for.
+    pub auth_dbname: Option<String>,
     pub admin_users: Vec<String>,
     pub stats_users: Vec<String>,
     /// Prometheus listener; the empty string disables it.
@@ -138,6 +229,14 @@ pub struct General {
     pub client_login_timeout: f64,
     pub client_idle_timeout: f64,
     pub idle_transaction_timeout: f64,
+    pub transaction_timeout: f64,
+    pub cancel_wait_timeout: f64,
+    /// Run on an idle server connection unused for `server_check_delay` before reuse;
+    /// empty = an empty query.
+    pub server_check_query: String,
+    pub server_check_delay: f64,
+    /// Reuse idle servers round robin (oldest first) rather than LIFO.
+    pub server_round_robin: bool,
     /// pgferry's own: how long SIGTERM waits for clients to drain.
     pub shutdown_timeout: f64,
     pub max_packet_size: u32,
@@ -172,14 +271,38 @@ impl Default for General {
         General {
             listen_addr: "127.0.0.1".to_string(),
             listen_port: 6432,
+            unix_socket_dir: String::new(),
+            unix_socket_mode: "0777".to_string(),
+            listen_backlog: 128,
+            so_reuseport: false,
+            tcp_keepalive: true,
+            tcp_keepidle: 0,
+            tcp_keepintvl: 0,
+            tcp_keepcnt: 0,
+            tcp_user_timeout: 0,
+            client_tls_sslmode: TlsMode::Disable,
+            client_tls_key_file: None,
+            client_tls_cert_file: None,
+            client_tls_ca_file: None,
+            server_tls_sslmode: TlsMode::Prefer,
+            server_tls_ca_file: None,
+            server_tls_key_file: None,
+            server_tls_cert_file: None,
             pool_mode: PoolMode::Session,
             default_pool_size: 20,
             min_pool_size: 0,
+            reserve_pool_size: 0,
+            reserve_pool_timeout: 5.0,
             max_client_conn: 100,
             max_db_connections: 0,
             max_user_connections: 0,
+            max_db_client_connections: 0,
+            max_user_client_connections: 0,
             auth_type: AuthType::Md5,
             auth_file: None,
+            auth_user: None,
+            auth_query: DEFAULT_AUTH_QUERY.to_string(),
+            auth_dbname: None,
             admin_users: Vec::new(),
             stats_users: Vec::new(),
             metrics_addr: "127.0.0.1:9127".to_string(),
@@ -192,6 +315,11 @@ impl Default for General {
             client_login_timeout: 60.0,
             client_idle_timeout: 0.0,
             idle_transaction_timeout: 0.0,
+            transaction_timeout: 0.0,
+            cancel_wait_timeout: 10.0,
+            server_check_query: String::new(),
+            server_check_delay: 30.0,
+            server_round_robin: false,
             shutdown_timeout: 30.0,
             max_packet_size: 2_147_483_647,
             server_reset_query: "DISCARD ALL".to_string(),
@@ -230,7 +358,7 @@ impl General {
 
     /// Every timeout with its key name, so validation and the docs cannot
     /// drift apart from the struct when a timeout is added.
-    pub(crate) fn timeouts(&self) -> [(&'static str, f64); 13] {
+    pub(crate) fn timeouts(&self) -> [(&'static str, f64); 17] {
         [
             ("query_wait_timeout", self.query_wait_timeout),
             ("query_timeout", self.query_timeout),
@@ -241,6 +369,10 @@ impl General {
             ("client_login_timeout", self.client_login_timeout),
             ("client_idle_timeout", self.client_idle_timeout),
             ("idle_transaction_timeout", self.idle_transaction_timeout),
+            ("transaction_timeout", self.transaction_timeout),
+            ("cancel_wait_timeout", self.cancel_wait_timeout),
+            ("server_check_delay", self.server_check_delay),
+            ("reserve_pool_timeout", self.reserve_pool_timeout),
             ("shutdown_timeout", self.shutdown_timeout),
             ("stats_period", self.stats_period),
             ("n_plus_one_window", self.n_plus_one_window),
@@ -251,9 +383,10 @@ impl General {
 
 /// A `[databases.NAME]` table: where clients asking for database NAME are
 /// sent, with optional per-database overrides of the `[pgferry]` settings.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Database {
+    /// One host, or several separated by commas (tried in turn, dead ones skipped).
     pub host: String,
     pub port: u16,
     /// Server-side database name; defaults to NAME.
@@ -265,6 +398,12 @@ pub struct Database {
     pub min_pool_size: Option<u32>,
     pub pool_mode: Option<PoolMode>,
     pub max_db_connections: Option<u32>,
+    pub max_db_client_connections: Option<u32>,
+    pub reserve_pool_size: Option<u32>,
+    pub server_lifetime: Option<f64>,
+    pub auth_user: Option<String>,
+    pub auth_query: Option<String>,
+    pub auth_dbname: Option<String>,
 }
 
 impl Default for Database {
@@ -279,6 +418,12 @@ impl Default for Database {
             min_pool_size: None,
             pool_mode: None,
             max_db_connections: None,
+            max_db_client_connections: None,
+            reserve_pool_size: None,
+            server_lifetime: None,
+            auth_user: None,
+            auth_query: None,
+            auth_dbname: None,
         }
     }
 }
@@ -291,5 +436,11 @@ pub struct User {
     pub pool_mode: Option<PoolMode>,
     pub pool_size: Option<u32>,
     pub max_user_connections: Option<u32>,
+    pub max_user_client_connections: Option<u32>,
+    pub reserve_pool_size: Option<u32>,
     pub query_wait_timeout: Option<f64>,
+    pub query_timeout: Option<f64>,
+    pub idle_transaction_timeout: Option<f64>,
+    pub transaction_timeout: Option<f64>,
+    pub client_idle_timeout: Option<f64>,
 }

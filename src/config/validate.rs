@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use super::{AuthType, Config, ConfigError};
+use super::{AuthType, Config, ConfigError, TlsMode};
 
 /// Database names the admin console answers to; a real database with one of
 /// these names would be unreachable.
@@ -56,6 +56,12 @@ impl Config {
             if db.pool_size == Some(0) {
                 return Err(msg(key("pool_size"), "must be at least 1"));
             }
+            if db.host.split(',').any(|h| h.trim().is_empty()) {
+                return Err(msg(key("host"), "a host in the list is empty"));
+            }
+            if let Some(t) = db.server_lifetime {
+                check_timeout(&["databases", name, "server_lifetime"], t)?;
+            }
         }
         for (name, user) in &self.users {
             if user.pool_size == Some(0) {
@@ -64,8 +70,16 @@ impl Config {
                     "must be at least 1",
                 ));
             }
-            if let Some(t) = user.query_wait_timeout {
-                check_timeout(&["users", name, "query_wait_timeout"], t)?;
+            for (field, value) in [
+                ("query_wait_timeout", user.query_wait_timeout),
+                ("query_timeout", user.query_timeout),
+                ("idle_transaction_timeout", user.idle_transaction_timeout),
+                ("transaction_timeout", user.transaction_timeout),
+                ("client_idle_timeout", user.client_idle_timeout),
+            ] {
+                if let Some(t) = value {
+                    check_timeout(&["users", name, field], t)?;
+                }
             }
         }
         Ok(())
@@ -92,14 +106,64 @@ impl Config {
         for (name, value) in g.timeouts() {
             check_timeout(&["pgferry", name], value)?;
         }
-        // Inline users (from --upstream) stand in for an auth_file.
-        if g.auth_type != AuthType::Trust && g.auth_file.is_none() && self.inline_users.is_empty() {
+        // Inline users (from --upstream) and auth_query stand in for an auth_file.
+        let auth_query =
+            g.auth_user.is_some() || self.databases.values().any(|d| d.auth_user.is_some());
+        if !matches!(g.auth_type, AuthType::Trust | AuthType::Cert)
+            && g.auth_file.is_none()
+            && self.inline_users.is_empty()
+            && !auth_query
+        {
             return Err(msg(
                 key("auth_type"),
                 format!(
                     "auth_type = \"{}\" requires auth_file (or use auth_type = \"trust\")",
                     g.auth_type
                 ),
+            ));
+        }
+        if u32::from_str_radix(&g.unix_socket_mode, 8).map_or(true, |m| m > 0o777) {
+            return Err(msg(
+                key("unix_socket_mode"),
+                "must be an octal permission such as \"0777\"",
+            ));
+        }
+        if g.client_tls_sslmode != TlsMode::Disable
+            && (g.client_tls_key_file.is_none() || g.client_tls_cert_file.is_none())
+        {
+            return Err(msg(
+                key("client_tls_sslmode"),
+                "client TLS needs client_tls_key_file and client_tls_cert_file",
+            ));
+        }
+        if g.client_tls_sslmode.verifies() && g.client_tls_ca_file.is_none() {
+            return Err(msg(
+                key("client_tls_ca_file"),
+                format!(
+                    "client_tls_sslmode = \"{}\" needs client_tls_ca_file",
+                    g.client_tls_sslmode
+                ),
+            ));
+        }
+        if g.auth_type == AuthType::Cert && !g.client_tls_sslmode.verifies() {
+            return Err(msg(
+                key("auth_type"),
+                "auth_type = \"cert\" needs client_tls_sslmode = \"verify-ca\" or \"verify-full\"",
+            ));
+        }
+        if g.server_tls_sslmode.verifies() && g.server_tls_ca_file.is_none() {
+            return Err(msg(
+                key("server_tls_ca_file"),
+                format!(
+                    "server_tls_sslmode = \"{}\" needs server_tls_ca_file",
+                    g.server_tls_sslmode
+                ),
+            ));
+        }
+        if g.server_tls_key_file.is_some() != g.server_tls_cert_file.is_some() {
+            return Err(msg(
+                key("server_tls_cert_file"),
+                "server_tls_key_file and server_tls_cert_file go together",
             ));
         }
         if !g.metrics_addr.is_empty() && g.metrics_addr.parse::<SocketAddr>().is_err() {

@@ -8,6 +8,9 @@ use bytes::{Buf, BytesMut};
 use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+mod stream;
+pub use stream::Stream;
+
 /// First read after an idle client's buffer was released.
 const SMALL_READ: usize = 1000;
 /// Read buffer size for one read call; also the size up to which output is batched.
@@ -186,12 +189,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 }
 
-impl Conn<tokio::net::TcpStream> {
+impl Conn<Stream> {
     /// Like [`Conn::fill`], but when the read buffer was released it first waits for the socket
     /// to become readable, so no buffer is allocated while the peer is silent. Cancel-safe.
     pub async fn fill_when_readable(&mut self) -> Result<(), NetError> {
-        if self.rbuf.capacity() == 0 {
-            self.stream.readable().await?;
+        if self.rbuf.capacity() == 0 && self.stream.readable().await? {
             // Most requests are small: start with a buffer malloc serves from its fast path;
             // the frame header then tells `fill` how much more to reserve.
             self.rbuf.reserve(SMALL_READ);

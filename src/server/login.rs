@@ -3,6 +3,7 @@
 //! server reports until its first ReadyForQuery.
 
 use super::{ServerConn, ServerError, ServerInfo};
+use crate::net::Stream;
 use crate::net::{Conn, NetError};
 use crate::protocol::{build, tag, views};
 use bytes::BytesMut;
@@ -59,7 +60,11 @@ pub async fn connect(t: &ServerTarget) -> Result<ServerConn, ServerError> {
         .await
         .map_err(|_| ServerError::ConnectTimeout)??;
     stream.set_nodelay(true).map_err(ServerError::Connect)?;
-    let mut server = ServerConn::new(Conn::new(stream, t.max_packet_size), addr, t.max_prepared);
+    let mut server = ServerConn::new(
+        Conn::new(Stream::from(stream), t.max_packet_size),
+        addr,
+        t.max_prepared,
+    );
     tokio::time::timeout(timeout, login(&mut server, t))
         .await
         .map_err(|_| ServerError::ConnectTimeout)??;
@@ -160,7 +165,7 @@ async fn login(server: &mut ServerConn, t: &ServerTarget) -> Result<(), ServerEr
                     pid: server.pid,
                     ..ServerInfo::clone_base(&server.info)
                 };
-                info.local_addr = server.conn.stream().local_addr().ok();
+                info.local_addr = server.conn.stream().local_addr();
                 server.info = std::sync::Arc::new(info);
                 return Ok(());
             }

@@ -8,6 +8,7 @@ pub mod prepared;
 pub use login::{connect, ServerPassword, ServerTarget};
 
 use crate::app::registry::now_us;
+use crate::net::Stream;
 use crate::net::{Conn, NetError};
 use crate::protocol::{tag, views, Frame};
 use bytes::Bytes;
@@ -18,7 +19,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::net::TcpStream;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -121,7 +121,7 @@ impl Drop for Tracker {
 
 /// One logged-in server connection.
 pub struct ServerConn {
-    pub conn: Conn<TcpStream>,
+    pub conn: Conn<Stream>,
     /// Unique id for logs and the admin console.
     pub id: u64,
     pub addr: SocketAddr,
@@ -143,10 +143,10 @@ pub struct ServerConn {
 }
 
 impl ServerConn {
-    fn new(conn: Conn<TcpStream>, addr: SocketAddr, max_prepared: usize) -> Self {
+    fn new(conn: Conn<Stream>, addr: SocketAddr, max_prepared: usize) -> Self {
         let now = Instant::now();
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let local_addr = conn.stream().local_addr().ok();
+        let local_addr = conn.stream().local_addr();
         ServerConn {
             info: Arc::new(ServerInfo {
                 id,
@@ -214,11 +214,7 @@ impl ServerConn {
         if self.conn.buffered() > 0 {
             return false;
         }
-        let mut probe = [0u8; 1];
-        match self.conn.stream().try_read(&mut probe) {
-            Ok(_) => false,
-            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
-        }
+        self.conn.stream().is_quiet()
     }
 
     /// Runs a simple query whose replies are consumed here, never shown to a client.
