@@ -9,9 +9,10 @@ use crate::app::cancel::CancelSlot;
 use crate::app::App;
 use crate::auth::{self, ScramServer, Secret};
 use crate::config::AuthType;
+use crate::config::PoolMode;
 use crate::net::Stream;
 use crate::net::{Conn, NetError};
-use crate::pool::Pool;
+use crate::pool::{Checkout, Pool};
 use crate::protocol::build;
 use crate::protocol::startup::{StartupMessage, StartupPacket};
 use crate::protocol::{tag, views};
@@ -24,6 +25,9 @@ use std::time::Duration;
 /// A logged-in client, ready for its session.
 pub struct Login {
     pub pool: Arc<Pool>,
+    /// Session mode: the client's server, taken at login so its BackendKeyData is the
+    /// server's own (already carrying the client's startup parameters).
+    pub server: Option<Checkout>,
     pub user: String,
     pub params: ClientParams,
     pub pid: i32,
@@ -32,7 +36,7 @@ pub struct Login {
 
 /// Where a successful login leads.
 pub enum Outcome {
-    Session(Login),
+    Session(Box<Login>),
     /// The admin console (the virtual database `pgbouncer` / `pgferry`).
     Admin {
         user: String,
@@ -76,7 +80,8 @@ async fn startup(
                 conn.flush().await?;
             }
             Ok(StartupPacket::Cancel { pid, secret }) => {
-                app.cancels.cancel(pid, secret).await;
+                let wait = app.config.load().pgferry.cancel_wait_timeout();
+                app.cancels.cancel(pid, secret, wait).await;
                 return Ok(None);
             }
             Ok(StartupPacket::Startup(m)) => break m,
@@ -182,13 +187,26 @@ async fn startup(
             None => startup_params.push(("application_name".into(), format!(" - {suffix}"))),
         }
     }
-    let params = ClientParams::new(
+    let mut params = ClientParams::new(
         &welcome,
         &startup_params,
         &cfg.pgferry.track_extra_parameters,
         &cfg.pgferry.ignore_startup_parameters,
     );
-    let (pid, secret, cancel) = app.cancels.register();
+    let mut server = None;
+    let (pid, secret, cancel) = if pool.settings.mode == PoolMode::Session {
+        // Session mode tells the truth: the client gets its server's real BackendKeyData, so
+        // pg_backend_pid() and the key agree (cancels still go through pgferry).
+        let c = match session_server(&pool, &mut params).await {
+            Ok(c) => c,
+            Err(e) => return refuse_login(app, conn, e).await.map(|_| None),
+        };
+        let (pid, secret) = (c.conn_ref().pid, c.conn_ref().secret);
+        server = Some(c);
+        app.cancels.register_as(pid, secret)
+    } else {
+        app.cancels.register()
+    };
     let out = conn.out();
     build::auth_ok(out);
     for (k, v) in params.announce(&welcome) {
@@ -202,13 +220,70 @@ async fn startup(
     }
     app.counters.logins.fetch_add(1, Ordering::Relaxed);
     pool.stats.logins.fetch_add(1, Ordering::Relaxed);
-    Ok(Some(Outcome::Session(Login {
+    Ok(Some(Outcome::Session(Box::new(Login {
         pool,
+        server,
         user,
         params,
         pid,
         cancel,
-    })))
+    }))))
+}
+
+/// Why a session-mode login could not get its server ready.
+enum SessionServerError {
+    Pool(crate::pool::PoolError),
+    /// The server rejected the client's startup parameters (e.g. an unknown TimeZone).
+    Rejected(bytes::Bytes),
+    Broken(String),
+}
+
+/// Checks out the server a session-mode client keeps, with the client's parameters applied.
+async fn session_server(
+    pool: &Arc<Pool>,
+    params: &mut ClientParams,
+) -> Result<Checkout, SessionServerError> {
+    let mut c = pool.checkout().await.map_err(SessionServerError::Pool)?;
+    if let Some(sql) = params.sync_sql(c.conn_ref()) {
+        match c.conn().hidden_query(&sql).await {
+            Ok((_, b'I')) => params.after_sync(c.conn()),
+            Ok(_) => {
+                return Err(SessionServerError::Broken(
+                    "server left a transaction open while applying parameters".into(),
+                ))
+            }
+            Err(ServerError::Server(raw)) => {
+                c.release();
+                return Err(SessionServerError::Rejected(raw));
+            }
+            Err(e) => return Err(SessionServerError::Broken(e.to_string())),
+        }
+    }
+    Ok(c)
+}
+
+async fn refuse_login(
+    app: &Arc<App>,
+    conn: &mut Conn<Stream>,
+    e: SessionServerError,
+) -> Result<(), ClientError> {
+    app.counters.login_failures.fetch_add(1, Ordering::Relaxed);
+    match e {
+        SessionServerError::Pool(e) => refuse_for_server(conn, e).await,
+        SessionServerError::Rejected(raw) => {
+            conn.queue(&raw);
+            conn.flush().await?;
+            Err(ClientError::Refused(crate::server::error_message(&raw)))
+        }
+        SessionServerError::Broken(why) => {
+            refuse(
+                conn,
+                "08006",
+                &format!("pgferry could not prepare server connection: {why}"),
+            )
+            .await
+        }
+    }
 }
 
 /// Answers a request for a newer 3.x minor version or `_pq_.` options the way PostgreSQL does.
