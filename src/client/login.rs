@@ -144,6 +144,9 @@ async fn startup(
         };
         return Ok(Some(Outcome::Admin { user, role }));
     }
+    if let Some(why) = app.client_limit_reached(&database, &user) {
+        return refuse(conn, "53300", why).await.map(|_| None);
+    }
     let Some(pool) = app.pool(&database, &user) else {
         app.counters.login_failures.fetch_add(1, Ordering::Relaxed);
         return refuse(
