@@ -46,6 +46,7 @@ pub async fn run(ctx: &mut Ctx<'_>, cmd: &str, arg: &str, query: &str) -> bool {
         "reload" if arg.is_empty() => match app.reload() {
             Ok(notes) => {
                 for n in notes {
+                    tracing::info!("RELOAD: {n}");
                     ctx.notice(&n);
                 }
                 ctx.done("RELOAD");

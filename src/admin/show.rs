@@ -230,8 +230,16 @@ struct PoolRow {
     cl_waiting: usize,
     sv_active: usize,
     sv_idle: usize,
+    sv_tested: usize,
+    sv_login: usize,
     max_wait_us: u64,
     mode: String,
+    load_balance: Option<&'static str>,
+}
+
+/// PgBouncer's `load_balance_hosts` for a host list: `round-robin` when there are several.
+fn load_balance(hosts: &str) -> Option<&'static str> {
+    (hosts.split(',').filter(|h| !h.trim().is_empty()).count() > 1).then_some("round-robin")
 }
 
 fn pools(ctx: &mut Ctx<'_>, app: &App) {
@@ -241,7 +249,10 @@ fn pools(ctx: &mut Ctx<'_>, app: &App) {
         let r = rows
             .entry((p.database.clone(), p.user.clone()))
             .or_default();
-        r.mode = p.settings.mode.as_str().to_owned();
+        r.mode = p.settings().mode.as_str().to_owned();
+        r.load_balance = load_balance(&p.target().host);
+        r.sv_tested += p.stats.testing.load(Ordering::Relaxed);
+        r.sv_login += p.stats.opening.load(Ordering::Relaxed);
         for s in p.servers.iter() {
             if s.active.load(Ordering::Relaxed) {
                 r.sv_active += 1;
@@ -277,14 +288,14 @@ fn pools(ctx: &mut Ctx<'_>, app: &App) {
             r.sv_active,
             0,
             0,
-            r.sv_idle,
+            r.sv_idle.saturating_sub(r.sv_tested),
             0,
-            0,
-            0,
+            r.sv_tested,
+            r.sv_login,
             r.max_wait_us / 1_000_000,
             r.max_wait_us % 1_000_000,
             r.mode,
-            None::<&str>,
+            r.load_balance,
         ]);
     }
     t.finish();
@@ -370,11 +381,6 @@ fn servers(ctx: &mut Ctx<'_>, app: &App) {
 fn databases(ctx: &mut Ctx<'_>, app: &App) {
     let cfg = app.config.load();
     let g = &cfg.pgferry;
-    let mut servers: BTreeMap<&str, usize> = BTreeMap::new();
-    let pools = app.all_pools();
-    for p in &pools {
-        *servers.entry(p.database.as_str()).or_default() += p.server_count();
-    }
     let mut clients: BTreeMap<String, usize> = BTreeMap::new();
     for c in app.client_list.iter() {
         *clients.entry(c.database.clone()).or_default() += 1;
@@ -389,14 +395,14 @@ fn databases(ctx: &mut Ctx<'_>, app: &App) {
             cfg.server_dbname(name),
             d.user.as_deref(),
             d.pool_size.unwrap_or(g.default_pool_size),
-            d.min_pool_size.unwrap_or(g.min_pool_size),
-            0,
-            g.server_lifetime as i64,
+            cfg.min_pool_size_for(name),
+            d.reserve_pool_size.unwrap_or(g.reserve_pool_size),
+            d.server_lifetime.unwrap_or(g.server_lifetime) as i64,
             d.pool_mode.map(|m| m.as_str()),
-            None::<&str>,
-            d.max_db_connections.unwrap_or(g.max_db_connections),
-            servers.get(name.as_str()).copied().unwrap_or(0),
-            0,
+            load_balance(&d.host),
+            cfg.max_db_connections_for(name),
+            app.caps.db_count(name),
+            cfg.max_db_client_connections_for(name),
             clients.get(name).copied().unwrap_or(0),
             ctl.as_ref().is_some_and(|c| c.is_paused()),
             ctl.as_ref().is_some_and(|c| c.is_disabled()),
@@ -429,11 +435,8 @@ fn users(ctx: &mut Ctx<'_>, app: &App) {
     let cfg = app.config.load();
     let mut names: BTreeSet<String> = cfg.users.keys().cloned().collect();
     names.extend(app.userlist.load().keys().cloned());
-    let pools = app.all_pools();
-    let mut servers: BTreeMap<&str, usize> = BTreeMap::new();
-    for p in &pools {
+    for p in app.all_pools() {
         names.insert(p.user.clone());
-        *servers.entry(p.user.as_str()).or_default() += p.server_count();
     }
     let mut clients: BTreeMap<String, usize> = BTreeMap::new();
     for c in app.client_list.iter() {
@@ -443,16 +446,15 @@ fn users(ctx: &mut Ctx<'_>, app: &App) {
     let mut t = Table::new(&mut ctx.out, USERS);
     for name in names {
         let u = cfg.users.get(&name);
+        let text = |v: Option<u32>| v.map_or(String::new(), |s| s.to_string());
         t.row(row![
             name.as_str(),
-            u.and_then(|u| u.pool_size)
-                .map_or(String::new(), |s| s.to_string()),
-            "",
+            text(u.and_then(|u| u.pool_size)),
+            text(u.and_then(|u| u.reserve_pool_size)),
             u.and_then(|u| u.pool_mode).map(|m| m.as_str()),
-            u.and_then(|u| u.max_user_connections)
-                .unwrap_or(cfg.pgferry.max_user_connections),
-            servers.get(name.as_str()).copied().unwrap_or(0),
-            0,
+            cfg.max_user_connections_for(&name),
+            app.caps.user_count(&name),
+            cfg.max_user_client_connections_for(&name),
             clients.get(&name).copied().unwrap_or(0),
         ]);
     }

@@ -9,7 +9,7 @@ pub mod stats;
 
 use crate::auth::{self, ScramSecret, Secret};
 use crate::config::{Config, PoolMode};
-use crate::pool::{Pool, PoolSettings};
+use crate::pool::{Pool, PoolInit, PoolSettings};
 use crate::server::{ServerPassword, ServerTarget};
 use arc_swap::ArcSwap;
 use cancel::CancelRegistry;
@@ -87,6 +87,10 @@ pub struct App {
     pub sql: crate::sql::SqlCache,
     /// Per-fingerprint statistics and N+1 events.
     pub insight: crate::insight::Insight,
+    /// Server connection caps per database and per user (max_db/max_user_connections).
+    pub caps: crate::pool::limits::CapRegistry,
+    /// Health of the server hosts (multi-host databases, server_login_retry).
+    pub hosts: Arc<crate::pool::hosts::HostRegistry>,
 }
 
 impl App {
@@ -97,6 +101,8 @@ impl App {
         Ok(Arc::new(App {
             sql: crate::sql::SqlCache::default(),
             insight,
+            caps: Default::default(),
+            hosts: Default::default(),
             metrics,
             stats: stats::StatsState::default(),
             admin: crate::admin::AdminState::default(),
@@ -187,7 +193,8 @@ impl App {
         auth::secret_for_scram(secret)
     }
 
-    /// The pool serving `user` on logical database `db`, created on first use.
+    /// The pool serving `user` on logical database `db`, created on first use (with its
+    /// janitor, which keeps min_pool_size connections open and closes idle ones).
     pub fn pool(&self, db: &str, user: &str) -> Option<Arc<Pool>> {
         let cfg = self.config.load();
         let dbc = cfg.databases.get(db)?;
@@ -196,14 +203,52 @@ impl App {
         if let Some(p) = self.pools.get(&key) {
             return Some(p.clone());
         }
+        let target = self.server_target(&cfg, db, &server_user)?;
+        let settings = pool_settings(&cfg, db, &server_user);
+        let pool = match self.pools.entry(key) {
+            dashmap::Entry::Occupied(e) => return Some(e.get().clone()),
+            dashmap::Entry::Vacant(v) => {
+                let pool = Pool::new(PoolInit {
+                    database: db.to_owned(),
+                    user: server_user.clone(),
+                    target,
+                    settings,
+                    control: self.db_control(db),
+                    observer: self
+                        .metrics
+                        .as_ref()
+                        .map(|m| m.observer(db, &server_user))
+                        .unwrap_or_default(),
+                    db_cap: self.caps.db(db, cfg.max_db_connections_for(db)),
+                    user_cap: self
+                        .caps
+                        .user(&server_user, cfg.max_user_connections_for(&server_user)),
+                    hosts: self.hosts.clone(),
+                });
+                v.insert(pool.clone());
+                pool
+            }
+        };
+        crate::pool::spawn_janitor(&pool, self.shutdown_signal());
+        Some(pool)
+    }
+
+    /// How the pools of `db` reach the server as `server_user` under `cfg`.
+    pub(crate) fn server_target(
+        &self,
+        cfg: &Config,
+        db: &str,
+        server_user: &str,
+    ) -> Option<ServerTarget> {
+        let dbc = cfg.databases.get(db)?;
         let password = match (&dbc.user, &dbc.password) {
             (Some(_), Some(p)) => ServerPassword::Plain(p.clone()),
-            _ => match self.secret(&server_user) {
+            _ => match self.secret(server_user) {
                 Some(Secret::Plain(p)) => ServerPassword::Plain(p),
                 Some(Secret::Md5(m)) => ServerPassword::Md5(m),
                 // A SCRAM secret, or a user known through auth_query: log in with what the
                 // client's login left behind. A forced user has no client login to learn from.
-                _ if dbc.user.is_none() => ServerPassword::Learned(self.learned_slot(db, user)),
+                _ if dbc.user.is_none() => ServerPassword::Learned(self.learned_slot(db, server_user)),
                 _ => ServerPassword::None,
             },
         };
@@ -212,38 +257,42 @@ impl App {
             host: dbc.host.clone(),
             port: dbc.port,
             dbname: cfg.server_dbname(db).to_owned(),
-            user: server_user.clone(),
+            user: server_user.to_owned(),
             password,
             connect_timeout: g.server_connect_timeout().unwrap_or(Duration::ZERO),
             max_packet_size: g.max_packet_size as usize,
             max_prepared: g.max_prepared_statements.max(1) as usize,
         };
-        let settings = PoolSettings {
-            mode: cfg.pool_mode_for(db, user),
-            size: cfg.pool_size_for(db, user),
-            query_wait_timeout: cfg.query_wait_timeout_for(user),
-            server_lifetime: g.server_lifetime(),
-            server_reset_query: g.server_reset_query.clone(),
-            server_reset_query_always: g.server_reset_query_always,
-        };
-        let pool = self
-            .pools
-            .entry(key)
-            .or_insert_with(|| {
-                Pool::new(
-                    db,
-                    &server_user,
-                    target,
-                    settings,
-                    self.db_control(db),
-                    self.metrics
-                        .as_ref()
-                        .map(|m| m.observer(db, &server_user))
-                        .unwrap_or_default(),
-                )
-            })
-            .clone();
-        Some(pool)
+        Some(target)
+    }
+
+    /// Logged-in clients of database `db` and of user `user` now.
+    pub fn client_counts(&self, db: &str, user: &str) -> (usize, usize) {
+        self.client_list.iter().fold((0, 0), |(d, u), c| {
+            (
+                d + usize::from(c.database == db),
+                u + usize::from(c.user == user),
+            )
+        })
+    }
+
+    /// The refusal for a new client of `db` as `user` when max_db_client_connections or
+    /// max_user_client_connections is reached.
+    pub fn client_limit_reached(&self, db: &str, user: &str) -> Option<&'static str> {
+        let cfg = self.config.load();
+        let max_db = cfg.max_db_client_connections_for(db) as usize;
+        let max_user = cfg.max_user_client_connections_for(user) as usize;
+        if max_db == 0 && max_user == 0 {
+            return None;
+        }
+        let (n_db, n_user) = self.client_counts(db, user);
+        if max_db > 0 && n_db >= max_db {
+            return Some("no more connections allowed (max_db_client_connections)");
+        }
+        if max_user > 0 && n_user >= max_user {
+            return Some("no more connections allowed (max_user_client_connections)");
+        }
+        None
     }
 
     /// The control state of a database (created on first use).
@@ -321,6 +370,28 @@ impl App {
     /// Default pool mode (for logs and the demo).
     pub fn default_pool_mode(&self) -> PoolMode {
         self.config.load().pgferry.pool_mode
+    }
+}
+
+/// The settings of the pool of (`db`, server user `user`) under `cfg`.
+pub(crate) fn pool_settings(cfg: &Config, db: &str, user: &str) -> PoolSettings {
+    let g = &cfg.pgferry;
+    let size = cfg.pool_size_for(db, user);
+    PoolSettings {
+        mode: cfg.pool_mode_for(db, user),
+        size,
+        min_size: cfg.min_pool_size_for(db).min(size),
+        reserve_size: cfg.reserve_pool_size_for(db, user),
+        reserve_timeout: g.reserve_pool_timeout(),
+        query_wait_timeout: cfg.query_wait_timeout_for(user),
+        server_lifetime: cfg.server_lifetime_for(db),
+        server_idle_timeout: g.server_idle_timeout(),
+        server_login_retry: g.server_login_retry(),
+        server_check_query: g.server_check_query.clone(),
+        server_check_delay: g.server_check_delay(),
+        server_round_robin: g.server_round_robin,
+        server_reset_query: g.server_reset_query.clone(),
+        server_reset_query_always: g.server_reset_query_always,
     }
 }
 

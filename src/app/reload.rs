@@ -1,15 +1,20 @@
-//! RELOAD (admin command and SIGHUP): re-reads the configuration file and the auth_file. An
-//! invalid file changes nothing. Settings that cannot change while running are kept at their
-//! running values and reported. Pools whose settings changed are replaced: new clients get a
-//! pool built from the new settings, connected clients finish on the old one.
+//! RELOAD (admin command and SIGHUP) and SET: re-read the configuration file and the
+//! auth_file, or change one `[pgferry]` setting. An invalid file changes nothing. Settings that
+//! cannot change while running keep their running values and are reported. Everything else
+//! applies live, to the pools clients are connected to: sizes, reserve, min_pool_size, caps,
+//! timeouts, pool mode (for sessions that start after), checks and reset queries. A changed
+//! server address or password makes each pool replace its server connections as they are
+//! released; a removed database disconnects its clients, as PgBouncer does.
 
-use super::{load_userlist, App};
+use super::{load_userlist, pool_settings, App};
 use crate::config::Config;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 impl App {
     /// Reloads configuration and credentials. Returns notes for the operator (settings that
-    /// need a restart, pools replaced); `Err` (old configuration kept) if the new one is invalid.
+    /// need a restart, pools whose server changed, databases removed); `Err` (old
+    /// configuration kept) if the new one is invalid.
     pub fn reload(&self) -> Result<Vec<String>, String> {
         let old = self.config.load_full();
         let Some(path) = old.source_path.clone() else {
@@ -25,27 +30,20 @@ impl App {
             e.to_string()
         })?;
         let mut notes = keep_restart_only(&old, &mut new);
-        let old_users = self.userlist.load_full();
-        for (db, user, clients) in self.retire_changed_pools(&old, &new, &old_users, &users) {
-            notes.push(if new.databases.contains_key(&db) {
-                format!(
-                    "pool {db}/{user}: settings changed; new clients use the new settings, \
-                     {clients} connected client(s) keep the old pool until they reconnect"
-                )
-            } else {
-                format!("database {db} removed; its {clients} connected client(s) stay until they leave")
-            });
-        }
         self.scram_cache.clear();
         self.auth_lookup.clear();
         self.userlist.store(Arc::new(users));
         self.config.store(Arc::new(new));
+        notes.extend(self.apply_to_pools());
+        for n in &notes {
+            tracing::info!("RELOAD: {n}");
+        }
         tracing::info!(path = %path.display(), "configuration reloaded");
         Ok(notes)
     }
 
     /// SET key = value: changes one `[pgferry]` setting of the running configuration.
-    /// Settings read only at start are refused; pool settings apply as RELOAD applies them.
+    /// Settings read only at start are refused; the rest apply as RELOAD applies them.
     pub fn set_setting(&self, key: &str, value: &str) -> Result<Vec<String>, String> {
         if RESTART_ONLY.contains(&key) {
             return Err(format!("{key} cannot be changed while running"));
@@ -72,48 +70,30 @@ impl App {
             probe.pgferry.listen_port = 6432;
         }
         probe.validate().map_err(|e| e.to_string())?;
-        let users = self.userlist.load_full();
-        let mut notes = Vec::new();
-        for (db, user, clients) in self.retire_changed_pools(&old, &new, &users, &users) {
-            notes.push(format!(
-                "pool {db}/{user}: new clients use the new setting, {clients} connected \
-                 client(s) keep the old pool until they reconnect"
-            ));
-        }
         tracing::info!(key, value, "SET");
         self.config.store(Arc::new(new));
-        Ok(notes)
+        Ok(self.apply_to_pools())
     }
 
-    /// Moves pools whose (database, user) settings changed out of `pools` into the retired list.
-    /// Returns (database, user, clients still on it) for each.
-    fn retire_changed_pools(
-        &self,
-        old: &Config,
-        new: &Config,
-        old_users: &std::collections::HashMap<String, crate::auth::Secret>,
-        new_users: &std::collections::HashMap<String, crate::auth::Secret>,
-    ) -> Vec<(String, String, usize)> {
-        let (og, ng) = (&old.pgferry, &new.pgferry);
-        let global_changed = og.server_lifetime != ng.server_lifetime
-            || og.server_reset_query != ng.server_reset_query
-            || og.server_reset_query_always != ng.server_reset_query_always
-            || og.server_connect_timeout != ng.server_connect_timeout
-            || og.max_packet_size != ng.max_packet_size
-            || og.max_prepared_statements != ng.max_prepared_statements;
-        let keys: Vec<(String, String)> = self.pools.iter().map(|e| e.key().clone()).collect();
-        let mut out = Vec::new();
-        for (db, user) in keys {
-            let changed = global_changed
-                || old.databases.get(&db) != new.databases.get(&db)
-                || old.pool_size_for(&db, &user) != new.pool_size_for(&db, &user)
-                || old.pool_mode_for(&db, &user) != new.pool_mode_for(&db, &user)
-                || old.query_wait_timeout_for(&user) != new.query_wait_timeout_for(&user)
-                || old_users.get(&user) != new_users.get(&user);
-            if !changed {
+    /// Brings every pool in line with the running configuration and credentials. Returns a
+    /// note for each pool whose server changed and each database removed.
+    fn apply_to_pools(&self) -> Vec<String> {
+        let cfg = self.config.load_full();
+        self.caps.apply(&cfg);
+        let pools: Vec<_> = self.pools.iter().map(|e| e.value().clone()).collect();
+        let mut notes = Vec::new();
+        let mut removed = BTreeSet::new();
+        for pool in pools {
+            let (db, user) = (pool.database.clone(), pool.user.clone());
+            let Some(dbc) = cfg.databases.get(&db) else {
+                self.pools.remove(&(db.clone(), user));
+                pool.close();
+                removed.insert(db);
                 continue;
-            }
-            if let Some((_, pool)) = self.pools.remove(&(db.clone(), user.clone())) {
+            };
+            if let Some(forced) = dbc.user.as_ref().filter(|f| **f != user) {
+                // New clients of the database now get the pool of the forced user.
+                self.pools.remove(&(db.clone(), user.clone()));
                 pool.close_idle();
                 let clients = self
                     .client_list
@@ -121,17 +101,45 @@ impl App {
                     .filter(|c| c.database == db && c.user == user)
                     .count();
                 self.stats.retired.lock().push(pool);
-                out.push((db, user, clients));
+                notes.push(format!(
+                    "pool {db}/{user}: database {db} now logs in as {forced}; {clients} \
+                     connected client(s) keep the old pool until they reconnect"
+                ));
+                continue;
+            }
+            pool.apply(pool_settings(&cfg, &db, &user));
+            if let Some(t) = self.server_target(&cfg, &db, &user) {
+                if pool.set_target(t) {
+                    notes.push(format!(
+                        "pool {db}/{user}: server address or credentials changed; its server \
+                         connections are replaced as they are released"
+                    ));
+                }
             }
         }
-        out
+        for db in removed {
+            let mut n = 0;
+            for c in self.client_list.iter().filter(|c| c.database == db) {
+                c.kill.notify_one();
+                n += 1;
+            }
+            notes.push(format!(
+                "database {db} removed: {n} connected client(s) disconnected"
+            ));
+        }
+        notes
     }
 }
 
 /// `[pgferry]` settings read only at start (SHOW CONFIG `changeable` = no).
-pub const RESTART_ONLY: [&str; 5] = [
+pub const RESTART_ONLY: &[&str] = &[
     "listen_addr",
     "listen_port",
+    "listen_backlog",
+    "unix_socket_dir",
+    "unix_socket_mode",
+    "so_reuseport",
+    "track_extra_parameters",
     "metrics_addr",
     "workers",
     "auth_file",
@@ -177,6 +185,16 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
             }
         )*};
     }
-    keep!(listen_addr, listen_port, metrics_addr, workers);
+    keep!(
+        listen_addr,
+        listen_port,
+        listen_backlog,
+        unix_socket_dir,
+        unix_socket_mode,
+        so_reuseport,
+        track_extra_parameters,
+        metrics_addr,
+        workers
+    );
     notes
 }

@@ -149,6 +149,9 @@ async fn startup(
         };
         return Ok(Some(Outcome::Admin { user, role }));
     }
+    if let Some(why) = app.client_limit_reached(&database, &user) {
+        return refuse(conn, "53300", why).await.map(|_| None);
+    }
     let Some(pool) = app.pool(&database, &user) else {
         app.counters.login_failures.fetch_add(1, Ordering::Relaxed);
         return refuse(
@@ -194,7 +197,7 @@ async fn startup(
         &cfg.pgferry.ignore_startup_parameters,
     );
     let mut server = None;
-    let (pid, secret, cancel) = if pool.settings.mode == PoolMode::Session {
+    let (pid, secret, cancel) = if pool.settings().mode == PoolMode::Session {
         // Session mode tells the truth: the client gets its server's real BackendKeyData, so
         // pg_backend_pid() and the key agree (cancels still go through pgferry).
         let c = match session_server(&pool, &mut params).await {

@@ -190,7 +190,7 @@ pub async fn run(
     login: Login,
     info: Arc<ClientInfo>,
 ) -> Result<(), ClientError> {
-    let mode = login.pool.settings.mode;
+    let mode = login.pool.settings().mode;
     let pid = login.pid;
     let detector = app.insight.config().enabled.then(|| {
         app.insight.new_session(SessionContext {
@@ -1205,7 +1205,7 @@ impl Session<'_> {
                 }
             }
         }
-        let settings = &self.pool.settings;
+        let settings = self.pool.settings();
         if settings.server_reset_query_always && !settings.server_reset_query.is_empty() {
             let q = settings.server_reset_query.clone();
             if !matches!(c.conn().hidden_query(&q).await, Ok((_, b'I'))) {
@@ -1288,7 +1288,7 @@ impl Session<'_> {
         if !clean {
             return;
         }
-        let settings = &self.pool.settings;
+        let settings = self.pool.settings();
         if (self.mode == PoolMode::Session || settings.server_reset_query_always)
             && !settings.server_reset_query.is_empty()
         {

@@ -217,7 +217,7 @@ pub(super) fn refresh(m: &Metrics, app: &App) {
         e.binds += l(&s.binds);
         e.logins += l(&s.logins);
         e.waiting += s.waiting.load(Ordering::Relaxed);
-        e.size = e.size.max(p.settings.size);
+        e.size = e.size.max(p.settings().size);
         for srv in p.servers.iter() {
             if srv.active.load(Ordering::Relaxed) {
                 e.sv_active += 1;

@@ -1,0 +1,300 @@
+#![allow(clippy::unwrap_used)]
+//! Server health and timeouts against a real PostgreSQL (after PgBouncer's test_timeouts):
+//! server_idle_timeout, server_lifetime per database, server_check_query / server_check_delay,
+//! server_round_robin, server_login_retry, and a database with several hosts of which the
+//! first is dead.
+
+mod common;
+#[path = "support/forward.rs"]
+mod forward;
+
+use common::*;
+use forward::Forward;
+use pgferry::config::{AuthType, PoolMode};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_postgres::Client;
+
+async fn count(direct: &Client, cond: &str) -> i64 {
+    direct
+        .query_one(
+            &format!("SELECT count(*) FROM pg_stat_activity WHERE {cond}"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn pid(c: &Client) -> i32 {
+    c.query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Runs `SELECT pg_sleep(secs)` on `n` new clients at once.
+async fn sleepers(env: &Env, n: usize, secs: f64) {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let c = env.connect().await;
+        tasks.push(tokio::spawn(async move {
+            c.simple_query(&format!("SELECT pg_sleep({secs})"))
+                .await
+                .map(|_| ())
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().expect("sleeper failed");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_idle_timeout_closes_idle_servers_down_to_min_pool_size() {
+    let env = env(PoolMode::Transaction, 4, |c| {
+        c.pgferry.server_idle_timeout = 1.0;
+        c.pgferry.min_pool_size = 1;
+    })
+    .await;
+    let direct = env.direct().await;
+    let c = env.connect().await;
+    sleepers(&env, 3, 0.3).await;
+    assert!(count(&direct, "usename = 'app'").await >= 3);
+    assert!(
+        eventually(Duration::from_secs(6), || async {
+            count(&direct, "usename = 'app'").await == 1
+        })
+        .await,
+        "idle servers were not closed"
+    );
+    // min_pool_size keeps one, however long it idles.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(count(&direct, "usename = 'app'").await, 1);
+    c.simple_query("SELECT 1").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_lifetime_per_database_closes_old_servers() {
+    let env = env(PoolMode::Transaction, 2, |c| {
+        c.databases.get_mut("shop").unwrap().server_lifetime = Some(1.0);
+    })
+    .await;
+    let direct = env.direct().await;
+    let c = env.connect().await;
+    let first = pid(&c).await;
+    // Idle past its lifetime: closed without any client activity.
+    assert!(
+        eventually(Duration::from_secs(6), || async {
+            count(&direct, "usename = 'app'").await == 0
+        })
+        .await,
+        "an idle server outlived server_lifetime"
+    );
+    assert_ne!(pid(&c).await, first);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_check_query_runs_only_after_server_check_delay() {
+    let env = env(PoolMode::Transaction, 1, |c| {
+        c.pgferry.server_check_query = "SELECT nextval('checks')".into();
+        c.pgferry.server_check_delay = 3.0;
+    })
+    .await;
+    let direct = env.direct().await;
+    direct
+        .batch_execute("CREATE SEQUENCE checks; ALTER SEQUENCE checks OWNER TO app")
+        .await
+        .unwrap();
+    let checks = || async {
+        let r = direct
+            .query_one("SELECT last_value, is_called FROM checks", &[])
+            .await
+            .unwrap();
+        if r.get::<_, bool>(1) {
+            r.get::<_, i64>(0)
+        } else {
+            0
+        }
+    };
+    let c = env.connect().await;
+    for _ in 0..5 {
+        c.simple_query("SELECT 1").await.unwrap();
+    }
+    assert_eq!(checks().await, 0, "checked a connection used a moment ago");
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    c.simple_query("SELECT 1").await.unwrap();
+    assert_eq!(checks().await, 1, "no check after server_check_delay");
+    c.simple_query("SELECT 1").await.unwrap();
+    assert_eq!(checks().await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_check_closes_the_server_and_the_client_gets_another() {
+    let env = env(PoolMode::Transaction, 1, |c| {
+        // (A divisor PostgreSQL cannot fold at plan time.)
+        c.pgferry.server_check_query = "SELECT 1 / (CASE WHEN \
+             current_setting('pgferry_test.bad', true) = 'yes' THEN 0 ELSE 1 END)"
+            .into();
+        c.pgferry.server_check_delay = 0.0;
+    })
+    .await;
+    let direct = env.direct().await;
+    let a = env.connect().await;
+    let b = env.connect().await;
+    // Client a leaves a mark on the pool's only server connection.
+    let msgs = a
+        .simple_query("SET pgferry_test.bad = 'yes'; SELECT pg_backend_pid()")
+        .await
+        .unwrap();
+    let bad: i32 = msgs
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|v| v.parse().unwrap()),
+            _ => None,
+        })
+        .unwrap();
+    // The check fails on it: closed, and b gets a fresh one without seeing an error.
+    let good = pid(&b).await;
+    assert_ne!(good, bad);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            count(&direct, &format!("pid = {bad}")).await == 0
+        })
+        .await,
+        "the server that failed its check is still open"
+    );
+    assert_eq!(pid(&a).await, good);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checked_servers_killed_behind_pgferrys_back_are_never_handed_out() {
+    // The default check query: an empty one.
+    let env = env(PoolMode::Transaction, 1, |c| {
+        c.pgferry.server_check_delay = 0.0
+    })
+    .await;
+    let direct = env.direct().await;
+    let c = env.connect().await;
+    for i in 0..5 {
+        let old = pid(&c).await;
+        direct
+            .query_one("SELECT pg_terminate_backend($1)", &[&old])
+            .await
+            .unwrap();
+        // Straight away: the dead server is caught by the probe or the check, never the client.
+        let new = c
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap_or_else(|e| panic!("round {i}: the client saw {e:?}"))
+            .get::<_, i32>(0);
+        assert_ne!(new, old);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_round_robin_reuses_every_idle_server_in_turn() {
+    for rr in [false, true] {
+        let env = env(PoolMode::Transaction, 3, |c| {
+            c.pgferry.server_round_robin = rr
+        })
+        .await;
+        sleepers(&env, 3, 0.3).await;
+        let c = env.connect().await;
+        let mut seen = BTreeSet::new();
+        for _ in 0..6 {
+            seen.insert(pid(&c).await);
+        }
+        if rr {
+            assert_eq!(seen.len(), 3, "round robin used {seen:?}");
+        } else {
+            assert_eq!(seen.len(), 1, "LIFO used {seen:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_login_retry_spaces_out_attempts_while_clients_wait() {
+    let pg = tokio::task::spawn_blocking(cluster).await.unwrap();
+    let fwd = Forward::start("127.0.0.1:0", pg.port()).await;
+    let port = fwd.port();
+    let env = env_with(pg, PoolMode::Transaction, 1, |c| {
+        c.pgferry.server_login_retry = 2.0;
+        c.databases.get_mut("shop").unwrap().port = port;
+    })
+    .await;
+    let direct = env.direct().await;
+    let c = Arc::new(env.connect().await);
+    let old = pid(&c).await;
+    // The server connection dies and, for a while, logins fail.
+    fwd.set_refusing(true);
+    direct
+        .query_one("SELECT pg_terminate_backend($1)", &[&old])
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            count(&direct, &format!("pid = {old}")).await == 0
+        })
+        .await
+    );
+    let before = fwd.accepted();
+    let q = {
+        let c = c.clone();
+        tokio::spawn(async move { c.query_one("SELECT 42", &[]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    fwd.set_refusing(false);
+    let row = tokio::time::timeout(Duration::from_secs(10), q)
+        .await
+        .expect("the waiting client hung")
+        .unwrap()
+        .expect("the waiting client got an error instead of a server");
+    assert_eq!(row.get::<_, i32>(0), 42);
+    // One failed attempt, then nothing until server_login_retry passed: not one every 200 ms.
+    let attempts = fwd.accepted() - before;
+    assert_eq!(attempts, 2, "attempts while refusing and after: {attempts}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_first_host_is_skipped_not_retried_per_connection() {
+    let pg = tokio::task::spawn_blocking(cluster).await.unwrap();
+    // 127.0.0.2 is loopback too; PostgreSQL listens on 127.0.0.1 only. A listener there that
+    // drops every connection is a host that is up but useless, and counts the attempts.
+    let dead = Forward::refusing(&format!("127.0.0.2:{}", pg.port()), pg.port()).await;
+    let env = env_with(pg, PoolMode::Transaction, 4, |c| {
+        c.pgferry.auth_type = AuthType::Md5;
+        c.pgferry.server_login_retry = 60.0;
+        c.databases.get_mut("shop").unwrap().host = "127.0.0.2, 127.0.0.1".into();
+    })
+    .await;
+    let c = env.connect().await;
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM items", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 100);
+    assert_eq!(dead.accepted(), 1, "the dead host is tried once");
+    // More server connections, for this pool and another one: none goes to the dead host.
+    sleepers(&env, 4, 0.3).await;
+    let m = env.try_connect("md5user", MD5_PW).await.unwrap();
+    m.simple_query("SELECT 1").await.unwrap();
+    let direct = env.direct().await;
+    assert!(count(&direct, "usename IN ('app', 'md5user')").await >= 5);
+    assert_eq!(dead.accepted(), 1, "the dead host was retried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_first_host_costs_nothing() {
+    let pg = tokio::task::spawn_blocking(cluster).await.unwrap();
+    // Nothing listens on 127.0.0.3: connections are refused.
+    let env = env_with(pg, PoolMode::Transaction, 2, |c| {
+        c.databases.get_mut("shop").unwrap().host = "127.0.0.3,127.0.0.1".into();
+    })
+    .await;
+    for _ in 0..3 {
+        let c = env.connect().await;
+        c.simple_query("SELECT 1").await.unwrap();
+    }
+}
