@@ -101,6 +101,12 @@ async fn port_refuses(port: u16) -> bool {
         .is_err()
 }
 
+/// The time left on the keepalive timer in `ss -o` output (`timer:(keepalive,119min,0)`).
+fn keepalive_timer(ss: &str) -> Option<&str> {
+    let rest = ss.split("timer:(keepalive,").nth(1)?;
+    rest.split(',').next()
+}
+
 fn has_ipv6_loopback() -> bool {
     std::net::TcpListener::bind("[::1]:0").is_ok()
 }
@@ -185,7 +191,8 @@ async fn every_listen_addr_answers() {
     let ipv6 = has_ipv6_loopback();
     let list = if ipv6 { "127.0.0.1,::1" } else { "127.0.0.1" };
     let mut env = env(PoolMode::Transaction, 2, |c| {
-        c.pgferry.listen_addr = list.into()
+        c.pgferry.listen_addr = list.into();
+        c.pgferry.tcp_keepidle = 7;
     })
     .await;
     let addrs = env.ferry.as_ref().unwrap().addrs.clone();
@@ -193,6 +200,27 @@ async fn every_listen_addr_answers() {
     assert_eq!(addrs[0], SocketAddr::from(([127, 0, 0, 1], port)));
     let c = connect_url(&url_tcp("127.0.0.1", port)).await.unwrap();
     assert_eq!(one(&c, "SELECT 1").await, "1");
+    // The accepted socket has TCP keepalive on, first probe after tcp_keepidle = 7 s (the OS
+    // default is 2 hours): ss(8) shows the timer once no data is in flight.
+    if Command::new("ss").arg("-V").output().is_ok() {
+        let ok = eventually(Duration::from_secs(5), || async {
+            let out = Command::new("ss")
+                .args(["-tnoH", "state", "established", "sport", "="])
+                .arg(format!(":{port}"))
+                .output()
+                .unwrap();
+            // Seconds, not the default's "119min" (ss prints seconds oddly: "6.476ms").
+            keepalive_timer(&String::from_utf8_lossy(&out.stdout))
+                .is_some_and(|t| !t.ends_with("min"))
+        })
+        .await;
+        assert!(
+            ok,
+            "no keepalive timer of at most 7 s on the accepted socket"
+        );
+    } else {
+        eprintln!("no ss(8): keepalive on accepted sockets not checked here");
+    }
     if ipv6 {
         assert_eq!(addrs.len(), 2);
         assert_eq!(

@@ -395,6 +395,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn keepalive_settings_reach_the_socket() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        let g = General {
+            tcp_keepidle: 7,
+            tcp_keepintvl: 3,
+            tcp_keepcnt: 4,
+            tcp_user_timeout: 1500,
+            ..General::default()
+        };
+        TcpTuning::from_config(&g).apply(&s).unwrap();
+        let r = SockRef::from(&s);
+        assert!(r.keepalive().unwrap());
+        assert_eq!(r.tcp_keepalive_time().unwrap(), Duration::from_secs(7));
+        assert_eq!(r.tcp_keepalive_interval().unwrap(), Duration::from_secs(3));
+        assert_eq!(r.tcp_keepalive_retries().unwrap(), 4);
+        assert_eq!(
+            r.tcp_user_timeout().unwrap(),
+            Some(Duration::from_millis(1500))
+        );
+        let off = General {
+            tcp_keepalive: false,
+            ..General::default()
+        };
+        TcpTuning::from_config(&off).apply(&s).unwrap();
+        assert!(!r.keepalive().unwrap());
+    }
+
+    #[tokio::test]
     async fn a_second_bind_names_the_address() {
         let mut g = General {
             listen_addr: "127.0.0.1".into(),
