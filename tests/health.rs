@@ -238,6 +238,8 @@ async fn server_login_retry_spaces_out_attempts_while_clients_wait() {
         })
         .await
     );
+    // Let the backend's FATAL cross the relay, so the idle probe sees the connection is dead.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let before = fwd.accepted();
     let q = {
         let c = c.clone();

@@ -1,5 +1,6 @@
 #![allow(clippy::unwrap_used)]
-//! The pgferry binary as an operator runs it: graceful SIGTERM, SIGINT, `check-config`, and
+//! The pgferry binary as an operator runs it: SIGINT (WAIT_FOR_SERVERS), SIGTERM's bound,
+//! SIGQUIT, `check-config`, and
 //! `--upstream` without a configuration file.
 
 mod common;
@@ -42,7 +43,7 @@ async fn logins_refused(url: &str) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_lets_the_open_transaction_finish_then_exits() {
+async fn sigint_lets_the_open_transaction_finish_then_exits() {
     let pg = tokio::task::spawn_blocking(cluster).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let port = process::free_port();
@@ -63,14 +64,15 @@ async fn sigterm_lets_the_open_transaction_finish_then_exits() {
     let idle = connect_url(&url).await.unwrap();
     idle.batch_execute("SELECT 1").await.unwrap();
 
-    ferry.signal("TERM");
+    // SIGINT = SHUTDOWN WAIT_FOR_SERVERS (SIGTERM waits for clients: tests/listeners.rs).
+    ferry.signal("INT");
     assert!(
         eventually(Duration::from_secs(10), || logins_refused(&url)).await,
-        "new logins are still accepted after SIGTERM"
+        "new logins are still accepted after SIGINT"
     );
     assert!(
         eventually(Duration::from_secs(10), || async { idle.is_closed() }).await,
-        "an idle client was not disconnected at SIGTERM"
+        "an idle client was not disconnected at SIGINT"
     );
     assert!(
         ferry.child.try_wait().unwrap().is_none(),
@@ -80,7 +82,7 @@ async fn sigterm_lets_the_open_transaction_finish_then_exits() {
     // The open transaction goes on and commits.
     c.batch_execute("INSERT INTO items VALUES (1002, 'sigterm b', 2)")
         .await
-        .expect("statement in the open transaction after SIGTERM");
+        .expect("statement in the open transaction after SIGINT");
     let n: i64 = c
         .query_one("SELECT count(*) FROM items WHERE name LIKE 'sigterm%'", &[])
         .await
@@ -89,7 +91,7 @@ async fn sigterm_lets_the_open_transaction_finish_then_exits() {
     assert_eq!(n, 2);
     c.batch_execute("COMMIT")
         .await
-        .expect("COMMIT after SIGTERM");
+        .expect("COMMIT after SIGINT");
     let direct = direct_to(pg.port()).await;
     assert_eq!(
         names_like(&direct, "sigterm%").await,
@@ -155,7 +157,7 @@ async fn sigterm_gives_up_on_a_stuck_transaction_after_shutdown_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigint_exits_at_once() {
+async fn sigquit_exits_at_once() {
     let pg = tokio::task::spawn_blocking(cluster).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let port = process::free_port();
@@ -171,24 +173,24 @@ async fn sigint_exits_at_once() {
     c.batch_execute("BEGIN; INSERT INTO items VALUES (1004, 'sigint', 4)")
         .await
         .unwrap();
-    ferry.signal("INT");
+    ferry.signal("QUIT");
     // A graceful stop would wait for the open transaction for up to 600 s.
     ferry
         .wait_exit(Duration::from_secs(10))
         .await
-        .unwrap_or_else(|| panic!("pgferry ignored SIGINT: {}", ferry.log_text()));
+        .unwrap_or_else(|| panic!("pgferry ignored SIGQUIT: {}", ferry.log_text()));
     assert!(
         timeout(Duration::from_secs(10), c.batch_execute("COMMIT"))
             .await
             .expect("client hung after pgferry exited")
             .is_err(),
-        "COMMIT succeeded after pgferry was interrupted"
+        "COMMIT succeeded after pgferry was told to quit"
     );
     assert!(
         tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_err(),
-        "port still open after SIGINT"
+        "port still open after SIGQUIT"
     );
     let direct = direct_to(pg.port()).await;
     assert!(

@@ -278,50 +278,23 @@ fn disable(ctx: &mut Ctx<'_>, app: &App, arg: &str, disable: bool) {
     ctx.done(if disable { "DISABLE" } else { "ENABLE" });
 }
 
-/// Disconnects every client and closes idle servers (immediate shutdown).
-fn stop_now(app: &App) {
-    app.begin_shutdown();
-    for c in app.client_list.iter() {
-        c.kill.notify_one();
-    }
-    for p in app.all_pools() {
-        p.close_idle();
-    }
-    app.admin.request_shutdown(ShutdownMode::Immediate);
-}
-
+/// SHUTDOWN [WAIT_FOR_CLIENTS|WAIT_FOR_SERVERS]: the same path as SIGQUIT, SIGTERM, SIGINT
+/// (`App::shutdown`; `run_until_signal` waits and exits).
 fn shutdown(ctx: &mut Ctx<'_>, app: &Arc<App>, arg: &str, query: &str) -> bool {
-    match arg.to_ascii_lowercase().as_str() {
-        "" => {
-            tracing::info!("SHUTDOWN");
-            stop_now(app);
-            false
-        }
-        "wait_for_clients" => {
-            tracing::info!("SHUTDOWN WAIT_FOR_CLIENTS");
-            app.begin_shutdown();
-            app.admin.request_shutdown(ShutdownMode::WaitForClients);
-            ctx.done("SHUTDOWN");
-            true
-        }
-        "wait_for_servers" => {
-            tracing::info!("SHUTDOWN WAIT_FOR_SERVERS");
-            app.admin.set_mode(PauseMode::Paused);
-            let dbs: Vec<String> = known_dbs(app).into_iter().collect();
-            for db in &dbs {
-                app.db_control(db).set_paused(true);
-            }
-            let app = app.clone();
-            tokio::spawn(async move {
-                wait_released(&app, &dbs).await;
-                stop_now(&app);
-            });
-            ctx.done("SHUTDOWN");
-            true
-        }
+    let mode = match arg.to_ascii_lowercase().as_str() {
+        "" => ShutdownMode::Immediate,
+        "wait_for_clients" => ShutdownMode::WaitForClients,
+        "wait_for_servers" => ShutdownMode::WaitForServers,
         _ => {
             syntax_error(ctx, query);
-            true
+            return true;
         }
+    };
+    tracing::info!(?mode, "SHUTDOWN");
+    app.shutdown(mode);
+    if mode == ShutdownMode::Immediate {
+        return false;
     }
+    ctx.done("SHUTDOWN");
+    true
 }

@@ -321,10 +321,15 @@ fn clients(ctx: &mut Ctx<'_>, app: &App) {
             c.database.as_str(),
             "none",
             state.as_str(),
-            c.addr.ip().to_string(),
+            // A Unix-socket client has no local address: "unix" and the port, as PgBouncer.
+            c.local_addr
+                .map_or_else(|| "unix".to_owned(), |_| c.addr.ip().to_string()),
             c.addr.port(),
-            c.local_addr.map(|a| a.ip().to_string()),
-            c.local_addr.map_or(0, |a| a.port()),
+            Some(
+                c.local_addr
+                    .map_or_else(|| "unix".to_owned(), |a| a.ip().to_string())
+            ),
+            c.local_addr.map_or(c.addr.port(), |a| a.port()),
             timestamp(c.connect_time_us),
             timestamp(c.request_time_us.load(Ordering::Relaxed)),
             wait / 1_000_000,

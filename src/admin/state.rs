@@ -15,13 +15,16 @@ pub enum PauseMode {
     Suspended = 2,
 }
 
-/// How an admin SHUTDOWN asked the process to stop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How the process was asked to stop (admin SHUTDOWN or a signal), mildest first: a
+/// request only ever escalates an earlier one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ShutdownMode {
+    /// No new clients; connected ones stay until they leave (bounded by `shutdown_timeout`).
+    WaitForClients,
+    /// No new clients; each client is closed once it has no transaction open.
+    WaitForServers,
     /// Exit now.
     Immediate,
-    /// No new clients; exit when the clients have left (bounded by `shutdown_timeout`).
-    WaitForClients,
 }
 
 /// The admin console's shared state.
@@ -70,9 +73,21 @@ impl AdminState {
         self.close_needed.retain(|id| alive(*id));
     }
 
-    /// Asks `run_until_signal` to stop the process.
+    /// Records a shutdown request for `run_until_signal` (and the listeners), unless a
+    /// stronger one was made already. Use [`crate::app::App::shutdown`], which also acts on it.
     pub fn request_shutdown(&self, mode: ShutdownMode) {
-        self.shutdown.send_replace(Some(mode));
+        self.shutdown.send_if_modified(|cur| {
+            let stronger = cur.is_none_or(|c| mode > c);
+            if stronger {
+                *cur = Some(mode);
+            }
+            stronger
+        });
+    }
+
+    /// The shutdown requested so far, if any.
+    pub fn shutdown_mode(&self) -> Option<ShutdownMode> {
+        *self.shutdown.borrow()
     }
 
     /// Receives SHUTDOWN requests (the value is `Some` once one was made).

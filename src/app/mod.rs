@@ -3,6 +3,7 @@
 //! `Arc<App>`; nothing is global, so tests run many instances in one process.
 
 pub mod cancel;
+pub mod listen;
 pub mod registry;
 pub mod reload;
 pub mod stats;
@@ -17,10 +18,10 @@ use dashmap::DashMap;
 use registry::{ClientInfo, DbControl};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
 /// Errors that stop pgferry from starting.
@@ -340,6 +341,28 @@ impl App {
         self.shutdown.send_replace(true);
     }
 
+    /// Starts or escalates a shutdown; signals and the admin SHUTDOWN commands all come here,
+    /// and `run_until_signal` waits for the outcome and exits. Any mode closes the listeners.
+    /// `WaitForClients` leaves connected clients alone; `WaitForServers` closes each client
+    /// once it has no transaction open; `Immediate` disconnects everyone now.
+    pub fn shutdown(&self, mode: crate::admin::ShutdownMode) {
+        use crate::admin::ShutdownMode;
+        match mode {
+            ShutdownMode::WaitForClients => {}
+            ShutdownMode::WaitForServers => self.begin_shutdown(),
+            ShutdownMode::Immediate => {
+                self.begin_shutdown();
+                for c in self.client_list.iter() {
+                    c.kill.notify_one();
+                }
+                for p in self.all_pools() {
+                    p.close_idle();
+                }
+            }
+        }
+        self.admin.request_shutdown(mode);
+    }
+
     /// Counts a client in (returns the number now connected).
     pub fn client_enter(&self) -> usize {
         let n = self.clients.fetch_add(1, Ordering::AcqRel) + 1;
@@ -414,18 +437,25 @@ pub(crate) fn load_userlist(config: &Config) -> Result<HashMap<String, Secret>, 
     Ok(users)
 }
 
-/// A running instance: its address and a handle to stop it.
+/// A running instance: its addresses and a handle to stop it.
 pub struct Running {
+    /// The first TCP listener's address (`0.0.0.0:0` when only the Unix socket listens).
     pub addr: SocketAddr,
+    /// Every TCP listener's address, in `listen_addr` order.
+    pub addrs: Vec<SocketAddr>,
+    /// The Unix socket (`<unix_socket_dir>/.s.PGSQL.<port>`), if there is one.
+    pub unix_socket: Option<PathBuf>,
     pub app: Arc<App>,
-    accept: tokio::task::JoinHandle<()>,
+    accept: Vec<tokio::task::JoinHandle<()>>,
+    /// Connections accepted and still open.
+    live: Arc<listen::Live>,
 }
 
 impl Running {
     /// Graceful stop: no new clients, open transactions finish (bounded by shutdown_timeout).
-    pub async fn shutdown(self) -> bool {
+    pub async fn shutdown(mut self) -> bool {
         self.app.begin_shutdown();
-        let _ = self.accept.await;
+        self.close_listeners().await;
         let timeout = self
             .app
             .config
@@ -433,54 +463,83 @@ impl Running {
             .pgferry
             .shutdown_timeout()
             .unwrap_or(Duration::from_secs(30));
-        let clean = self.app.wait_clients_gone(timeout).await;
+        let clean = tokio::time::timeout(timeout, self.live.wait_zero())
+            .await
+            .is_ok();
         for p in self.app.pools.iter() {
             p.close_idle();
         }
         clean
     }
+
+    /// Waits for the accept loops to close their sockets (they stop once a shutdown began).
+    async fn close_listeners(&mut self) {
+        for mut h in std::mem::take(&mut self.accept) {
+            if tokio::time::timeout(Duration::from_secs(5), &mut h)
+                .await
+                .is_err()
+            {
+                h.abort();
+            }
+        }
+    }
 }
 
-/// Binds the listener and starts accepting clients.
+/// Binds the listeners (every `listen_addr` address and the Unix socket) and starts
+/// accepting clients.
 pub async fn start(config: Config) -> Result<Running, AppError> {
-    let addr = format!(
-        "{}:{}",
-        config.pgferry.listen_addr, config.pgferry.listen_port
-    );
+    let bound = listen::bind_all(&config.pgferry).await?;
+    let tuning = listen::TcpTuning::from_config(&config.pgferry);
+    let port = bound
+        .tcp
+        .first()
+        .map_or(config.pgferry.listen_port, |a| a.port());
     let app = App::new(config)?;
-    let listener = TcpListener::bind(&addr)
-        .await
-        .map_err(|source| AppError::Listen {
-            addr: addr.clone(),
-            source,
-        })?;
-    let local = listener.local_addr().map_err(|source| AppError::Listen {
-        addr: addr.clone(),
-        source,
-    })?;
-    tracing::info!(%local, "pgferry listening");
+    for l in &bound.listeners {
+        tracing::info!(listener = %l.describe(), "pgferry listening");
+    }
     stats::spawn(&app);
     crate::metrics::start(&app).await;
-    let accept = tokio::spawn(accept_loop(app.clone(), listener));
+    let live = Arc::new(listen::Live::default());
+    let accept = bound
+        .listeners
+        .into_iter()
+        .map(|l| tokio::spawn(accept_loop(app.clone(), l, tuning, port, live.clone())))
+        .collect();
     Ok(Running {
-        addr: local,
+        addr: bound
+            .tcp
+            .first()
+            .copied()
+            .unwrap_or_else(|| listen::unix_peer(0)),
+        addrs: bound.tcp,
+        unix_socket: bound.unix,
         app,
         accept,
+        live,
     })
 }
 
-async fn accept_loop(app: Arc<App>, listener: TcpListener) {
+/// Accepts clients on one listener until a shutdown begins, then closes it. Connections
+/// already waiting in the queue at that moment are taken and served (or refused with an error
+/// if the shutdown refuses logins) rather than reset, so a sibling process on the same
+/// `so_reuseport` port takes over without losing a client.
+async fn accept_loop(
+    app: Arc<App>,
+    listener: listen::Listener,
+    tuning: listen::TcpTuning,
+    port: u16,
+    live: Arc<listen::Live>,
+) {
     let mut stop = app.shutdown_signal();
+    let mut requests = app.admin.shutdown_requests();
     loop {
-        if *stop.borrow() {
+        if *stop.borrow_and_update() || requests.borrow_and_update().is_some() {
             break;
         }
         tokio::select! {
-            r = listener.accept() => match r {
-                Ok((stream, peer)) => {
-                    let app = app.clone();
-                    tokio::spawn(crate::client::serve(app, stream.into(), peer));
-                }
+            r = listener.accept(port) => match r {
+                Ok((stream, peer)) => spawn_client(&app, stream, peer, tuning, &live),
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -488,25 +547,89 @@ async fn accept_loop(app: Arc<App>, listener: TcpListener) {
                 }
             },
             r = stop.changed() => if r.is_err() { break },
+            r = requests.changed() => if r.is_err() { break },
         }
     }
-    tracing::info!("listener closed");
+    while let Some(Ok((stream, peer))) = listener.try_accept(port).await {
+        spawn_client(&app, stream, peer, tuning, &live);
+    }
+    let name = listener.describe();
+    drop(listener);
+    tracing::info!(listener = %name, "listener closed");
 }
 
-/// Runs until a signal or an admin SHUTDOWN: SIGTERM (and SHUTDOWN WAIT_FOR_CLIENTS) stops
-/// accepting and lets open transactions finish (bounded by `shutdown_timeout`); SIGINT (or a
-/// second SIGTERM, or SHUTDOWN) exits at once; SIGHUP reloads the configuration (as RELOAD).
+fn spawn_client(
+    app: &Arc<App>,
+    stream: crate::net::Stream,
+    peer: SocketAddr,
+    t: listen::TcpTuning,
+    live: &Arc<listen::Live>,
+) {
+    if let Some(tcp) = stream.as_tcp() {
+        if let Err(e) = t.apply(tcp) {
+            tracing::debug!(%peer, error = %e, "cannot set TCP keepalive options");
+        }
+    }
+    let guard = live.enter();
+    let serve = crate::client::serve(app.clone(), stream, peer);
+    tokio::spawn(async move {
+        serve.await;
+        drop(guard);
+    });
+}
+
+/// Reacts to SIGTERM / SIGINT: the first one starts `mode`, a second one exits at once.
+fn on_signal(app: &App, name: &str, mode: crate::admin::ShutdownMode) {
+    use crate::admin::ShutdownMode;
+    if app.admin.shutdown_mode().is_some() {
+        tracing::info!("{name} during shutdown: exiting now");
+        app.shutdown(ShutdownMode::Immediate);
+    } else {
+        tracing::info!("{name}: shutting down ({mode:?})");
+        app.shutdown(mode);
+    }
+}
+
+/// Runs until a signal or an admin SHUTDOWN, with PgBouncer's meanings:
+/// SIGTERM = SHUTDOWN WAIT_FOR_CLIENTS (close the listeners, keep serving connected clients,
+/// exit when the last one has left); SIGINT = SHUTDOWN WAIT_FOR_SERVERS (close the listeners,
+/// close each client as soon as it has no transaction open, exit when all are gone);
+/// SIGQUIT = SHUTDOWN (exit now). Both waits are bounded by `shutdown_timeout` (0 = no bound);
+/// a second SIGTERM or SIGINT exits at once. SIGHUP reloads the configuration (as RELOAD).
 pub async fn run_until_signal(config: Config) -> Result<(), AppError> {
     use crate::admin::ShutdownMode;
     use tokio::signal::unix::{signal, SignalKind};
-    let running = start(config).await?;
+    let mut running = start(config).await?;
+    let app = running.app.clone();
     let mut term = signal(SignalKind::terminate()).map_err(AppError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(AppError::Signal)?;
+    let mut quit = signal(SignalKind::quit()).map_err(AppError::Signal)?;
     let mut hup = signal(SignalKind::hangup()).map_err(AppError::Signal)?;
-    let mut admin = running.app.admin.shutdown_requests();
-    let graceful = loop {
+    let mut requests = app.admin.shutdown_requests();
+    let mut draining = false;
+    let mut deadline = None;
+    loop {
+        let mode = *requests.borrow_and_update();
+        match mode {
+            Some(ShutdownMode::Immediate) => break,
+            Some(m) if !draining => {
+                draining = true;
+                // The accept loops take what is queued and close; only then is the count final.
+                running.close_listeners().await;
+                let limit = app.config.load().pgferry.shutdown_timeout();
+                deadline = limit.map(|d| tokio::time::Instant::now() + d);
+                let clients = running.live.count();
+                tracing::info!(?m, clients, timeout = ?limit, "waiting for clients to leave");
+                continue;
+            }
+            Some(_) if running.live.count() == 0 => {
+                tracing::info!("the last client has left");
+                break;
+            }
+            _ => {}
+        }
         tokio::select! {
-            _ = hup.recv() => match running.app.reload() {
+            _ = hup.recv() => match app.reload() {
                 Ok(notes) => {
                     tracing::info!("SIGHUP: configuration reloaded");
                     for n in notes {
@@ -515,48 +638,35 @@ pub async fn run_until_signal(config: Config) -> Result<(), AppError> {
                 }
                 Err(e) => tracing::error!("SIGHUP: reload failed, keeping the old configuration: {e}"),
             },
-            _ = term.recv() => {
-                tracing::info!("SIGTERM: no new clients; waiting for open transactions");
-                break true;
+            _ = term.recv() => on_signal(&app, "SIGTERM", ShutdownMode::WaitForClients),
+            _ = int.recv() => on_signal(&app, "SIGINT", ShutdownMode::WaitForServers),
+            _ = quit.recv() => {
+                tracing::info!("SIGQUIT: exiting now");
+                app.shutdown(ShutdownMode::Immediate);
             }
-            _ = int.recv() => {
-                tracing::info!("SIGINT: exiting now");
-                break false;
+            r = requests.changed() => if r.is_err() { break },
+            _ = running.live.wait_zero(), if draining => {}
+            _ = sleep_until_opt(deadline), if deadline.is_some() => {
+                let clients = running.live.count();
+                tracing::warn!(clients, "shutdown_timeout reached: disconnecting the remaining clients");
+                break;
             }
-            r = admin.changed() => {
-                if r.is_err() {
-                    continue;
-                }
-                let mode = *admin.borrow_and_update();
-                match mode {
-                    Some(ShutdownMode::Immediate) => {
-                        tracing::info!("SHUTDOWN: exiting now");
-                        break false;
-                    }
-                    Some(ShutdownMode::WaitForClients) => {
-                        tracing::info!("SHUTDOWN WAIT_FOR_CLIENTS: no new clients");
-                        break true;
-                    }
-                    None => {}
-                }
-            }
-        }
-    };
-    if graceful {
-        let drain = running.shutdown();
-        tokio::select! {
-            clean = drain => tracing::info!(clean, "shut down"),
-            _ = int.recv() => tracing::info!("SIGINT: exiting now"),
-            _ = term.recv() => tracing::info!("second SIGTERM: exiting now"),
-            _ = async {
-                while admin.changed().await.is_ok() {
-                    if *admin.borrow() == Some(ShutdownMode::Immediate) {
-                        return;
-                    }
-                }
-                std::future::pending::<()>().await;
-            } => tracing::info!("SHUTDOWN: exiting now"),
         }
     }
+    // Whatever is left goes now; give the clients a moment to be told why.
+    app.shutdown(ShutdownMode::Immediate);
+    app.wait_clients_gone(Duration::from_millis(500)).await;
+    running.close_listeners().await;
+    for p in app.all_pools() {
+        p.close_idle();
+    }
+    tracing::info!("shut down");
     Ok(())
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }
