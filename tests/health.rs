@@ -1,18 +1,13 @@
 #![allow(clippy::unwrap_used)]
 //! Server health and timeouts against a real PostgreSQL (after PgBouncer's test_timeouts):
 //! server_idle_timeout, server_lifetime per database, server_check_query / server_check_delay,
-//! server_round_robin, server_login_retry, and a database with several hosts of which the
-//! first is dead.
+//! and server_round_robin (server_login_retry and several hosts are in tests/hosts.rs).
 
 mod common;
-#[path = "support/forward.rs"]
-mod forward;
 
 use common::*;
-use forward::Forward;
-use pgferry::config::{AuthType, PoolMode};
+use pgferry::config::PoolMode;
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::Client;
 
@@ -194,109 +189,19 @@ async fn checked_servers_killed_behind_pgferrys_back_are_never_handed_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_round_robin_reuses_every_idle_server_in_turn() {
-    for rr in [false, true] {
-        let env = env(PoolMode::Transaction, 3, |c| {
-            c.pgferry.server_round_robin = rr
-        })
-        .await;
-        sleepers(&env, 3, 0.3).await;
-        let c = env.connect().await;
-        let mut seen = BTreeSet::new();
-        for _ in 0..6 {
-            seen.insert(pid(&c).await);
-        }
-        if rr {
-            assert_eq!(seen.len(), 3, "round robin used {seen:?}");
-        } else {
-            assert_eq!(seen.len(), 1, "LIFO used {seen:?}");
-        }
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_login_retry_spaces_out_attempts_while_clients_wait() {
-    let pg = tokio::task::spawn_blocking(cluster).await.unwrap();
-    let fwd = Forward::start("127.0.0.1:0", pg.port()).await;
-    let port = fwd.port();
-    let env = env_with(pg, PoolMode::Transaction, 1, |c| {
-        c.pgferry.server_login_retry = 2.0;
-        c.databases.get_mut("shop").unwrap().port = port;
-    })
-    .await;
-    let direct = env.direct().await;
-    let c = Arc::new(env.connect().await);
-    let old = pid(&c).await;
-    // The server connection dies and, for a while, logins fail.
-    fwd.set_refusing(true);
-    direct
-        .query_one("SELECT pg_terminate_backend($1)", &[&old])
-        .await
-        .unwrap();
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            count(&direct, &format!("pid = {old}")).await == 0
-        })
-        .await
-    );
-    // Let the backend's FATAL cross the relay, so the idle probe sees the connection is dead.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = fwd.accepted();
-    let q = {
-        let c = c.clone();
-        tokio::spawn(async move { c.query_one("SELECT 42", &[]).await })
-    };
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    fwd.set_refusing(false);
-    let row = tokio::time::timeout(Duration::from_secs(10), q)
-        .await
-        .expect("the waiting client hung")
-        .unwrap()
-        .expect("the waiting client got an error instead of a server");
-    assert_eq!(row.get::<_, i32>(0), 42);
-    // One failed attempt, then nothing until server_login_retry passed: not one every 200 ms.
-    let attempts = fwd.accepted() - before;
-    assert_eq!(attempts, 2, "attempts while refusing and after: {attempts}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_first_host_is_skipped_not_retried_per_connection() {
-    let pg = tokio::task::spawn_blocking(cluster).await.unwrap();
-    // 127.0.0.2 is loopback too; PostgreSQL listens on 127.0.0.1 only. A listener there that
-    // drops every connection is a host that is up but useless, and counts the attempts.
-    let dead = Forward::refusing(&format!("127.0.0.2:{}", pg.port()), pg.port()).await;
-    let env = env_with(pg, PoolMode::Transaction, 4, |c| {
-        c.pgferry.auth_type = AuthType::Md5;
-        c.pgferry.server_login_retry = 60.0;
-        c.databases.get_mut("shop").unwrap().host = "127.0.0.2, 127.0.0.1".into();
-    })
-    .await;
+    let env = env(PoolMode::Transaction, 3, |_| {}).await;
+    sleepers(&env, 3, 0.3).await;
     let c = env.connect().await;
-    let n: i64 = c
-        .query_one("SELECT count(*) FROM items", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 100);
-    assert_eq!(dead.accepted(), 1, "the dead host is tried once");
-    // More server connections, for this pool and another one: none goes to the dead host.
-    sleepers(&env, 4, 0.3).await;
-    let m = env.try_connect("md5user", MD5_PW).await.unwrap();
-    m.simple_query("SELECT 1").await.unwrap();
-    let direct = env.direct().await;
-    assert!(count(&direct, "usename IN ('app', 'md5user')").await >= 5);
-    assert_eq!(dead.accepted(), 1, "the dead host was retried");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_first_host_costs_nothing() {
-    let pg = tokio::task::spawn_blocking(cluster).await.unwrap();
-    // Nothing listens on 127.0.0.3: connections are refused.
-    let env = env_with(pg, PoolMode::Transaction, 2, |c| {
-        c.databases.get_mut("shop").unwrap().host = "127.0.0.3,127.0.0.1".into();
-    })
-    .await;
-    for _ in 0..3 {
-        let c = env.connect().await;
-        c.simple_query("SELECT 1").await.unwrap();
+    let mut lifo = BTreeSet::new();
+    for _ in 0..6 {
+        lifo.insert(pid(&c).await);
     }
+    assert_eq!(lifo.len(), 1, "LIFO used {lifo:?}");
+    // Switched on live (SET, as RELOAD would).
+    env.app().set_setting("server_round_robin", "1").unwrap();
+    let mut rr = BTreeSet::new();
+    for _ in 0..6 {
+        rr.insert(pid(&c).await);
+    }
+    assert_eq!(rr.len(), 3, "round robin used {rr:?}");
 }

@@ -239,3 +239,104 @@ async fn client_caps_per_database_and_per_user() {
         .await
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_shows_limits_and_current_counts() {
+    let env = env(PoolMode::Transaction, 4, |c| {
+        c.pgferry.admin_users = vec!["admin".into()];
+        let path = c.pgferry.auth_file.clone().unwrap();
+        let mut list = std::fs::read_to_string(&path).unwrap();
+        list.push_str("\"admin\" \"admin-secret\"\n");
+        std::fs::write(&path, list).unwrap();
+        c.pgferry.reserve_pool_size = 1;
+        let d = c.databases.get_mut("shop").unwrap();
+        d.max_db_connections = Some(3);
+        d.max_db_client_connections = Some(10);
+        d.min_pool_size = Some(2);
+        d.server_lifetime = Some(100.0);
+        c.users.insert(
+            "app".into(),
+            User {
+                reserve_pool_size: Some(2),
+                max_user_connections: Some(5),
+                max_user_client_connections: Some(7),
+                ..User::default()
+            },
+        );
+    })
+    .await;
+    let direct = env.direct().await;
+    let _a = env.connect().await;
+    let _b = env.connect().await;
+    let admin = client(&env, "admin", "admin-secret", "pgbouncer")
+        .await
+        .unwrap();
+    let row = |rows: Vec<tokio_postgres::SimpleQueryMessage>, key: &str, name: &str| {
+        rows.into_iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) if r.get(key) == Some(name) => Some(
+                    r.columns()
+                        .iter()
+                        .map(|c| {
+                            (
+                                c.name().to_owned(),
+                                r.get(c.name()).unwrap_or("").to_owned(),
+                            )
+                        })
+                        .collect::<std::collections::HashMap<_, _>>(),
+                ),
+                _ => None,
+            })
+            .unwrap()
+    };
+    // min_pool_size fills in the background; then the console agrees with PostgreSQL.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let servers = count(&direct, "usename = 'app'").await;
+            let db = row(
+                admin.simple_query("SHOW DATABASES").await.unwrap(),
+                "name",
+                "shop",
+            );
+            servers >= 2 && db["current_connections"] == servers.to_string()
+        })
+        .await
+    );
+    let db = row(
+        admin.simple_query("SHOW DATABASES").await.unwrap(),
+        "name",
+        "shop",
+    );
+    for (k, v) in [
+        ("pool_size", "4"),
+        ("min_pool_size", "2"),
+        ("reserve_pool_size", "1"),
+        ("server_lifetime", "100"),
+        ("max_connections", "3"),
+        ("max_client_connections", "10"),
+        ("current_client_connections", "2"),
+    ] {
+        assert_eq!(db[k], v, "SHOW DATABASES {k}");
+    }
+    let user = row(
+        admin.simple_query("SHOW USERS").await.unwrap(),
+        "name",
+        "app",
+    );
+    for (k, v) in [
+        ("reserve_pool_size", "2"),
+        ("max_user_connections", "5"),
+        ("max_user_client_connections", "7"),
+        ("current_client_connections", "2"),
+    ] {
+        assert_eq!(user[k], v, "SHOW USERS {k}");
+    }
+    assert_eq!(user["current_connections"], db["current_connections"]);
+    let pool = row(
+        admin.simple_query("SHOW POOLS").await.unwrap(),
+        "user",
+        "app",
+    );
+    assert_eq!(pool["cl_active"], "2");
+    assert_eq!(pool["sv_login"], "0");
+}

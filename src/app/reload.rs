@@ -117,6 +117,11 @@ impl App {
                 }
             }
         }
+        for p in self.stats.retired.lock().iter() {
+            if removed.contains(&p.database) {
+                p.close();
+            }
+        }
         for db in removed {
             let mut n = 0;
             for c in self.client_list.iter().filter(|c| c.database == db) {

@@ -1,0 +1,136 @@
+#![allow(clippy::unwrap_used)]
+//! Reaching servers that fail: server_login_retry spaces out attempts while clients wait, and a
+//! database with several hosts skips a dead one instead of paying for it on every connection.
+
+mod common;
+#[path = "support/forward.rs"]
+mod forward;
+
+use common::*;
+use forward::Forward;
+use pgferry::config::{AuthType, PoolMode};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_postgres::Client;
+
+async fn count(direct: &Client, cond: &str) -> i64 {
+    direct
+        .query_one(
+            &format!("SELECT count(*) FROM pg_stat_activity WHERE {cond}"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn pid(c: &Client) -> i32 {
+    c.query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Runs `SELECT pg_sleep(secs)` on `n` new clients at once.
+async fn sleepers(env: &Env, n: usize, secs: f64) {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let c = env.connect().await;
+        tasks.push(tokio::spawn(async move {
+            c.simple_query(&format!("SELECT pg_sleep({secs})"))
+                .await
+                .map(|_| ())
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().expect("sleeper failed");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_login_retry_spaces_out_attempts_while_clients_wait() {
+    let pg = tokio::task::spawn_blocking(cluster).await.unwrap();
+    let fwd = Forward::start("127.0.0.1:0", pg.port()).await;
+    let port = fwd.port();
+    let env = env_with(pg, PoolMode::Transaction, 1, |c| {
+        c.pgferry.server_login_retry = 2.0;
+        c.databases.get_mut("shop").unwrap().port = port;
+    })
+    .await;
+    let direct = env.direct().await;
+    let c = Arc::new(env.connect().await);
+    let old = pid(&c).await;
+    // The server connection dies and, for a while, logins fail.
+    fwd.set_refusing(true);
+    direct
+        .query_one("SELECT pg_terminate_backend($1)", &[&old])
+        .await
+        .unwrap();
+    // Wait until pgferry has seen it go (its janitor drops dead idle connections).
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            env.app().pools.iter().all(|p| p.server_count() == 0)
+        })
+        .await
+    );
+    let before = fwd.accepted();
+    let q = {
+        let c = c.clone();
+        tokio::spawn(async move { c.query_one("SELECT 42", &[]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    fwd.set_refusing(false);
+    let row = tokio::time::timeout(Duration::from_secs(10), q)
+        .await
+        .expect("the waiting client hung")
+        .unwrap()
+        .expect("the waiting client got an error instead of a server");
+    assert_eq!(row.get::<_, i32>(0), 42);
+    // One failed attempt, then nothing until server_login_retry passed: not one every 200 ms.
+    let attempts = fwd.accepted() - before;
+    assert_eq!(attempts, 2, "attempts while refusing and after: {attempts}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_first_host_is_skipped_not_retried_per_connection() {
+    let pg = tokio::task::spawn_blocking(cluster).await.unwrap();
+    // 127.0.0.2 is loopback too; PostgreSQL listens on 127.0.0.1 only. A listener there that
+    // drops every connection is a host that is up but useless, and counts the attempts.
+    let dead = Forward::refusing(&format!("127.0.0.2:{}", pg.port()), pg.port()).await;
+    let env = env_with(pg, PoolMode::Transaction, 4, |c| {
+        c.pgferry.auth_type = AuthType::Md5;
+        c.pgferry.server_login_retry = 60.0;
+        c.databases.get_mut("shop").unwrap().host = "127.0.0.2, 127.0.0.1".into();
+    })
+    .await;
+    let c = env.connect().await;
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM items", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 100);
+    assert_eq!(dead.accepted(), 1, "the dead host is tried once");
+    // More server connections, for this pool and another one: none goes to the dead host.
+    sleepers(&env, 4, 0.3).await;
+    let m = env.try_connect("md5user", MD5_PW).await.unwrap();
+    m.simple_query("SELECT 1").await.unwrap();
+    let direct = env.direct().await;
+    assert!(count(&direct, "usename IN ('app', 'md5user')").await >= 5);
+    assert_eq!(dead.accepted(), 1, "the dead host was retried");
+
+    // A host with nothing listening (connections refused) is skipped the same way.
+    let mut cfg = env.config.clone();
+    cfg.databases.get_mut("shop").unwrap().host = "127.0.0.3,127.0.0.1".into();
+    cfg.pgferry.metrics_addr = String::new();
+    let other = pgferry::app::start(cfg).await.unwrap();
+    for _ in 0..3 {
+        let url = env.url("app", APP_PW).replace(
+            &format!("port={}", env.addr.port()),
+            &format!("port={}", other.addr.port()),
+        );
+        let c = connect_url(&url).await.unwrap();
+        c.simple_query("SELECT 1").await.unwrap();
+    }
+    other.shutdown().await;
+}
