@@ -249,7 +249,9 @@ impl App {
                 Some(Secret::Md5(m)) => ServerPassword::Md5(m),
                 // A SCRAM secret, or a user known through auth_query: log in with what the
                 // client's login left behind. A forced user has no client login to learn from.
-                _ if dbc.user.is_none() => ServerPassword::Learned(self.learned_slot(db, server_user)),
+                _ if dbc.user.is_none() => {
+                    ServerPassword::Learned(self.learned_slot(db, server_user))
+                }
                 _ => ServerPassword::None,
             },
         };
