@@ -347,6 +347,8 @@ async fn twenty_clients_lose_nothing_across_five_pause_resume_cycles() {
             dbs.iter().find(|d| d["name"] == "shop").unwrap()["paused"],
             "1"
         );
+        // Replies sent before PAUSE finished may still be read by their clients: settle first.
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let before = ok.load(Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(ok.load(Ordering::Relaxed), before, "work ran while paused");
