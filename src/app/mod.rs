@@ -38,6 +38,8 @@ pub enum AppError {
     },
     #[error("cannot install signal handlers: {0}")]
     Signal(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::net::tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -82,6 +84,8 @@ pub struct App {
     pub sql: crate::sql::SqlCache,
     /// Per-fingerprint statistics and N+1 events.
     pub insight: crate::insight::Insight,
+    /// TLS configurations for clients and servers (rebuilt by RELOAD).
+    pub tls: crate::net::tls::SharedTls,
 }
 
 impl App {
@@ -89,7 +93,9 @@ impl App {
         let userlist = load_userlist(&config)?;
         let metrics = (!config.pgferry.metrics_addr.is_empty()).then(crate::metrics::Metrics::new);
         let insight = crate::insight::Insight::new(config.pgferry.insight_config());
+        let tls = crate::net::tls::Tls::from_config(&config.pgferry)?;
         Ok(Arc::new(App {
+            tls: Arc::new(ArcSwap::from_pointee(tls)),
             sql: crate::sql::SqlCache::default(),
             insight,
             metrics,
@@ -160,6 +166,7 @@ impl App {
             connect_timeout: g.server_connect_timeout().unwrap_or(Duration::ZERO),
             max_packet_size: g.max_packet_size as usize,
             max_prepared: g.max_prepared_statements.max(1) as usize,
+            tls: self.tls.clone(),
         };
         let settings = PoolSettings {
             mode: cfg.pool_mode_for(db, user),

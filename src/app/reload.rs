@@ -1,7 +1,8 @@
 //! RELOAD (admin command and SIGHUP): re-reads the configuration file and the auth_file. An
 //! invalid file changes nothing. Settings that cannot change while running are kept at their
 //! running values and reported. Pools whose settings changed are replaced: new clients get a
-//! pool built from the new settings, connected clients finish on the old one.
+//! pool built from the new settings, connected clients finish on the old one. TLS files are
+//! read again, so renewed certificates apply to new connections.
 
 use super::{load_userlist, App};
 use crate::config::Config;
@@ -24,6 +25,10 @@ impl App {
             tracing::error!("RELOAD: {e}; keeping the old configuration");
             e.to_string()
         })?;
+        let tls = crate::net::tls::Tls::from_config(&new.pgferry).map_err(|e| {
+            tracing::error!("RELOAD: {e}; keeping the old configuration");
+            e.to_string()
+        })?;
         let mut notes = keep_restart_only(&old, &mut new);
         let old_users = self.userlist.load_full();
         for (db, user, clients) in self.retire_changed_pools(&old, &new, &old_users, &users) {
@@ -38,6 +43,7 @@ impl App {
         }
         self.scram_cache.clear();
         self.userlist.store(Arc::new(users));
+        self.tls.store(Arc::new(tls));
         self.config.store(Arc::new(new));
         tracing::info!(path = %path.display(), "configuration reloaded");
         Ok(notes)
@@ -71,6 +77,7 @@ impl App {
             probe.pgferry.listen_port = 6432;
         }
         probe.validate().map_err(|e| e.to_string())?;
+        let tls = crate::net::tls::Tls::from_config(&new.pgferry).map_err(|e| e.to_string())?;
         let users = self.userlist.load_full();
         let mut notes = Vec::new();
         for (db, user, clients) in self.retire_changed_pools(&old, &new, &users, &users) {
@@ -80,6 +87,7 @@ impl App {
             ));
         }
         tracing::info!(key, value, "SET");
+        self.tls.store(Arc::new(tls));
         self.config.store(Arc::new(new));
         Ok(notes)
     }

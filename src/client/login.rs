@@ -1,4 +1,4 @@
-//! The client's way in: SSL/GSS negotiation (refused with 'N' until TLS lands), cancel
+//! The client's way in: SSL/GSS negotiation (TLS per `client_tls_sslmode`, see `tls`), cancel
 //! requests, protocol version negotiation, limits, authentication against the configured
 //! credentials (trust, cleartext, md5, SCRAM-SHA-256), and the login reply.
 
@@ -71,10 +71,10 @@ async fn startup(
 ) -> Result<Option<Outcome>, ClientError> {
     let msg = loop {
         match conn.read_startup().await {
-            Ok(StartupPacket::SslRequest | StartupPacket::GssEncRequest) => {
-                conn.queue(b"N");
-                conn.flush().await?;
+            Ok(StartupPacket::SslRequest) => {
+                super::tls::answer_ssl_request(app, conn, peer).await?;
             }
+            Ok(StartupPacket::GssEncRequest) => super::tls::answer_gss_request(conn).await?,
             Ok(StartupPacket::Cancel { pid, secret }) => {
                 app.cancels.cancel(pid, secret).await;
                 return Ok(None);
@@ -86,6 +86,7 @@ async fn startup(
             Err(e) => return Err(e.into()),
         }
     };
+    super::tls::require_tls(app, conn).await?;
     negotiate_version(conn, &msg).await?;
     let cfg = app.config.load_full();
     if count > cfg.pgferry.max_client_conn as usize {
@@ -276,15 +277,7 @@ async fn authenticate(
     match (auth_type, secret) {
         (AuthType::Trust, _) if !app.has_userlist() => Ok(()),
         (AuthType::Trust, Some(_)) => Ok(()),
-        // Client certificates arrive with TLS; until then there is nothing to check against.
-        (AuthType::Cert, _) => {
-            refuse(
-                conn,
-                "28000",
-                "certificate authentication needs a TLS connection",
-            )
-            .await
-        }
+        (AuthType::Cert, _) => super::tls::cert_login(conn, user).await,
         (AuthType::Trust, None) => {
             refuse(conn, "28000", &format!("role \"{user}\" does not exist")).await
         }
