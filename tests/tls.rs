@@ -101,7 +101,13 @@ impl Pki {
             }
         };
         use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
-        let ferry = leaf("ferry", "pgferry", &["127.0.0.1", "localhost"], ServerAuth, &ca);
+        let ferry = leaf(
+            "ferry",
+            "pgferry",
+            &["127.0.0.1", "localhost"],
+            ServerAuth,
+            &ca,
+        );
         let pg = leaf("pg", "localhost", &["localhost"], ServerAuth, &ca);
         let client_app = leaf("client-app", "app", &[], ClientAuth, &ca);
         let client_app_wrong_ca = leaf("client-app-wrong", "app", &[], ClientAuth, &wrong);
@@ -127,7 +133,8 @@ impl Pki {
 /// Roles and data as in `common::cluster`, on a cluster started with `opts`.
 fn cluster_with(opts: ClusterOptions) -> PgCluster {
     let pg = PgCluster::start_with(opts).expect("start PostgreSQL");
-    pg.create_user("app", APP_PW, PasswordMethod::Scram).unwrap();
+    pg.create_user("app", APP_PW, PasswordMethod::Scram)
+        .unwrap();
     pg.create_user("md5user", MD5_PW, PasswordMethod::Md5)
         .unwrap();
     pg.create_database("shop", "app").unwrap();
@@ -281,9 +288,15 @@ async fn client_require_serves_tls_clients_and_refuses_plain_ones() {
     assert_eq!(n, 100);
 
     // The admin console over TLS lists that client with its TLS protocol.
-    let console = connect_tls(port, "app", APP_PW, "pgbouncer", connector(&pki.ca_pem, None))
-        .await
-        .unwrap();
+    let console = connect_tls(
+        port,
+        "app",
+        APP_PW,
+        "pgbouncer",
+        connector(&pki.ca_pem, None),
+    )
+    .await
+    .unwrap();
     let clients = rows(console.simple_query("SHOW CLIENTS").await.unwrap());
     let shop = clients
         .iter()
@@ -298,9 +311,15 @@ async fn client_require_serves_tls_clients_and_refuses_plain_ones() {
     assert!(msg(&err).contains("SSL required"), "{err:?}");
 
     // A client trusting another CA does not accept pgferry's certificate.
-    assert!(connect_tls(port, "app", APP_PW, "shop", connector(&pki.wrong_ca_pem, None))
-        .await
-        .is_err());
+    assert!(connect_tls(
+        port,
+        "app",
+        APP_PW,
+        "shop",
+        connector(&pki.wrong_ca_pem, None)
+    )
+    .await
+    .is_err());
 
     // Plaintext sent after the SSLRequest, before the handshake, is refused (CVE-2021-23222).
     let mut s = tokio::net::TcpStream::connect(env.addr).await.unwrap();
@@ -425,8 +444,7 @@ async fn cert_auth_logs_in_by_common_name() {
         .unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("28000"), "{err:?}");
     assert!(
-        msg(&err)
-            .contains("certificate authentication failed for user \"md5user\""),
+        msg(&err).contains("certificate authentication failed for user \"md5user\""),
         "{err:?}"
     );
 }
@@ -459,18 +477,16 @@ async fn server_tls_modes_against_an_ssl_postgres() {
     // A TLS server connection killed while idle is noticed and replaced.
     env.direct()
         .await
-        .execute("SELECT pg_terminate_backend($1)", &[pids.iter().next().unwrap()])
+        .execute(
+            "SELECT pg_terminate_backend($1)",
+            &[pids.iter().next().unwrap()],
+        )
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (ssl, _) = backend_ssl(&c).await;
     assert!(ssl);
-    let console = connect_url(&format!(
-        "host=127.0.0.1 port={} user=app password={APP_PW} dbname=pgbouncer",
-        env.addr.port()
-    ))
-    .await
-    .unwrap();
+    let console = plain_to(env.addr.port(), "pgbouncer").await;
     let servers = rows(console.simple_query("SHOW SERVERS").await.unwrap());
     assert!(!servers.is_empty());
     for s in &servers {
@@ -480,12 +496,16 @@ async fn server_tls_modes_against_an_ssl_postgres() {
 
     // disable: plain even though the server offers TLS.
     let (ferry_plain, _d1) = ferry(port, |c| c.pgferry.server_tls_sslmode = TlsMode::Disable).await;
-    let c = connect_url(&url(ferry_plain.as_ref().unwrap())).await.unwrap();
+    let c = connect_url(&url(ferry_plain.as_ref().unwrap()))
+        .await
+        .unwrap();
     assert_eq!(backend_ssl(&c).await, (false, None));
 
     // require: TLS without checking the certificate.
     let (ferry_req, _d2) = ferry(port, |c| c.pgferry.server_tls_sslmode = TlsMode::Require).await;
-    let c = connect_url(&url(ferry_req.as_ref().unwrap())).await.unwrap();
+    let c = connect_url(&url(ferry_req.as_ref().unwrap()))
+        .await
+        .unwrap();
     assert_eq!(backend_ssl(&c).await, (true, None));
 
     // verify-full to `localhost` (the name in PostgreSQL's certificate), presenting pgferry's
@@ -498,7 +518,9 @@ async fn server_tls_modes_against_an_ssl_postgres() {
         c.databases.get_mut("shop").unwrap().host = "localhost".into();
     })
     .await;
-    let c = connect_url(&url(ferry_full.as_ref().unwrap())).await.unwrap();
+    let c = connect_url(&url(ferry_full.as_ref().unwrap()))
+        .await
+        .unwrap();
     assert_eq!(backend_ssl(&c).await, (true, Some("/CN=app".to_owned())));
 
     // verify-full to 127.0.0.1: the certificate does not name it.
@@ -507,9 +529,14 @@ async fn server_tls_modes_against_an_ssl_postgres() {
         c.pgferry.server_tls_ca_file = Some(pki.ca.clone());
     })
     .await;
-    let err = connect_url(&url(ferry_ip.as_ref().unwrap())).await.unwrap_err();
+    let err = connect_url(&url(ferry_ip.as_ref().unwrap()))
+        .await
+        .unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("08006"), "{err:?}");
-    assert!(msg(&err).contains("certificate not valid for name"), "{err:?}");
+    assert!(
+        msg(&err).contains("certificate not valid for name"),
+        "{err:?}"
+    );
 
     // verify-ca to 127.0.0.1: the chain is all that is checked.
     let (ferry_ca, _d5) = ferry(port, |c| {
@@ -612,4 +639,52 @@ fn url(r: &Running) -> String {
 fn msg(e: &tokio_postgres::Error) -> String {
     e.as_db_error()
         .map_or_else(|| format!("{e:?}"), |d| d.message().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_client_tls_sslmode_applies_to_new_clients() {
+    let pki = Pki::new();
+    let env = env(PoolMode::Transaction, 2, |c| {
+        client_tls(c, &pki, TlsMode::Disable);
+        c.pgferry.admin_users = vec!["app".into()];
+    })
+    .await;
+    let port = env.addr.port();
+    // Disabled: SSLRequest is declined, plain clients are welcome.
+    let mut s = tokio::net::TcpStream::connect(env.addr).await.unwrap();
+    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .await
+        .unwrap();
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"N");
+    let plain = env.connect().await;
+    assert!(
+        connect_tls(port, "app", APP_PW, "shop", connector(&pki.ca_pem, None))
+            .await
+            .is_err()
+    );
+
+    let console = plain_to(port, "pgbouncer").await;
+    console
+        .simple_query("SET client_tls_sslmode = 'require'")
+        .await
+        .unwrap();
+    let tls = connect_tls(port, "app", APP_PW, "shop", connector(&pki.ca_pem, None))
+        .await
+        .unwrap();
+    tls.simple_query("SELECT 1").await.unwrap();
+    let err = env.try_connect("app", APP_PW).await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("28000"), "{err:?}");
+    // A client already in stays.
+    plain.simple_query("SELECT 1").await.unwrap();
+}
+
+/// A plain client of pgferry at `port` as app, on `db`.
+async fn plain_to(port: u16, db: &str) -> Client {
+    connect_url(&format!(
+        "host=127.0.0.1 port={port} user=app password={APP_PW} dbname={db} connect_timeout=10"
+    ))
+    .await
+    .unwrap()
 }

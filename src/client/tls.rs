@@ -14,7 +14,12 @@ pub(super) async fn answer_ssl_request(
     peer: SocketAddr,
 ) -> Result<(), ClientError> {
     if conn.stream().is_tls() {
-        return refuse(conn, "08P01", "SSLRequest on a connection that already uses TLS").await;
+        return refuse(
+            conn,
+            "08P01",
+            "SSLRequest on a connection that already uses TLS",
+        )
+        .await;
     }
     let config = app.tls.load().acceptor.clone();
     let Some(config) = config.filter(|_| conn.stream().as_tcp().is_some()) else {
@@ -25,12 +30,7 @@ pub(super) async fn answer_ssl_request(
     // A client waits for 'S' before it starts the handshake; bytes already here were sent in
     // plain text and could have been injected by a man in the middle (CVE-2021-23222).
     if conn.buffered() > 0 {
-        return refuse(
-            conn,
-            "08P01",
-            "received unencrypted data after SSL request",
-        )
-        .await;
+        return refuse(conn, "08P01", "received unencrypted data after SSL request").await;
     }
     conn.queue(b"S");
     conn.flush().await?;

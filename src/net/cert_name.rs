@@ -108,7 +108,10 @@ mod tests {
     #[test]
     fn finds_the_cn_among_other_attributes() {
         let der = cert_with(&[
-            (DnType::CountryName, DnValue::PrintableString("DE".try_into().unwrap())),
+            (
+                DnType::CountryName,
+                DnValue::PrintableString("DE".try_into().unwrap()),
+            ),
             (DnType::OrganizationName, DnValue::Utf8String("Acme".into())),
             (DnType::CommonName, DnValue::Utf8String("app".into())),
         ]);

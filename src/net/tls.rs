@@ -107,9 +107,10 @@ fn client_facing(
         .map_err(|e| setup(SETTING, e))?;
     let builder = if mode.verifies() {
         let roots = load_roots("client_tls_ca_file", g.client_tls_ca_file.as_deref())?;
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .map_err(|e| setup("client_tls_ca_file", e))?;
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(|e| setup("client_tls_ca_file", e))?;
         builder.with_client_cert_verifier(verifier)
     } else {
         builder.with_no_client_auth()
@@ -132,14 +133,16 @@ fn server_facing(
         .with_safe_default_protocol_versions()
         .map_err(|e| setup(SETTING, e))?;
     let builder = match mode {
-        TlsMode::VerifyFull => {
-            builder.with_root_certificates(load_roots("server_tls_ca_file", g.server_tls_ca_file.as_deref())?)
-        }
+        TlsMode::VerifyFull => builder.with_root_certificates(load_roots(
+            "server_tls_ca_file",
+            g.server_tls_ca_file.as_deref(),
+        )?),
         TlsMode::VerifyCa => {
             let roots = load_roots("server_tls_ca_file", g.server_tls_ca_file.as_deref())?;
-            let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .map_err(|e| setup("server_tls_ca_file", e))?;
+            let inner =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .map_err(|e| setup("server_tls_ca_file", e))?;
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(ChainOnly { inner }))
@@ -204,7 +207,10 @@ fn load_certs(
     Ok(certs)
 }
 
-fn load_key(setting: &'static str, path: Option<&Path>) -> Result<PrivateKeyDer<'static>, TlsError> {
+fn load_key(
+    setting: &'static str,
+    path: Option<&Path>,
+) -> Result<PrivateKeyDer<'static>, TlsError> {
     let (bytes, shown) = read(setting, path)?;
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| TlsError::File {
         setting,
@@ -273,10 +279,13 @@ impl ServerCertVerifier for ChainOnly {
     ) -> Result<ServerCertVerified, rustls::Error> {
         // webpki checks the chain first and the name last, so a name error means the chain
         // was found valid.
-        match self
-            .inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        match self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),

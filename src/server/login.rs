@@ -68,11 +68,8 @@ pub async fn connect(t: &ServerTarget) -> Result<ServerConn, ServerError> {
     stream.set_nodelay(true).map_err(ServerError::Connect)?;
     let setup = async {
         let stream = negotiate_tls(t, stream, addr).await?;
-        let mut server = ServerConn::new(
-            Conn::new(stream, t.max_packet_size),
-            addr,
-            t.max_prepared,
-        );
+        let mut server =
+            ServerConn::new(Conn::new(stream, t.max_packet_size), addr, t.max_prepared);
         login(&mut server, t).await?;
         Ok::<_, ServerError>(server)
     };
