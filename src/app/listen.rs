@@ -6,7 +6,8 @@
 
 use crate::config::General;
 use crate::net::Stream;
-use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, TcpKeepalive, Type};
+pub use crate::net::TcpTuning;
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -14,8 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream, UnixListener};
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Notify;
 
 use super::AppError;
@@ -218,54 +218,6 @@ async fn unix_socket(path: &Path, g: &General) -> io::Result<(UnixListener, Sock
     Ok((UnixListener::from_std(std_listener)?, file))
 }
 
-/// Socket options for accepted client connections (and any TCP socket pgferry opens).
-#[derive(Clone, Copy, Debug)]
-pub struct TcpTuning {
-    keepalive: bool,
-    idle: u32,
-    interval: u32,
-    count: u32,
-    user_timeout_ms: u32,
-}
-
-impl TcpTuning {
-    pub fn from_config(g: &General) -> TcpTuning {
-        TcpTuning {
-            keepalive: g.tcp_keepalive,
-            idle: g.tcp_keepidle,
-            interval: g.tcp_keepintvl,
-            count: g.tcp_keepcnt,
-            user_timeout_ms: g.tcp_user_timeout,
-        }
-    }
-
-    /// Applies keepalive (`tcp_keepalive`, `tcp_keepidle`, `tcp_keepintvl`, `tcp_keepcnt`;
-    /// 0 keeps the OS default) and `tcp_user_timeout` to a connected socket.
-    pub fn apply(&self, stream: &TcpStream) -> io::Result<()> {
-        let sock = SockRef::from(stream);
-        if self.keepalive {
-            let mut ka = TcpKeepalive::new();
-            if self.idle > 0 {
-                ka = ka.with_time(Duration::from_secs(u64::from(self.idle)));
-            }
-            if self.interval > 0 {
-                ka = ka.with_interval(Duration::from_secs(u64::from(self.interval)));
-            }
-            if self.count > 0 {
-                ka = ka.with_retries(self.count);
-            }
-            sock.set_tcp_keepalive(&ka)?;
-        } else {
-            sock.set_keepalive(false)?;
-        }
-        if self.user_timeout_ms > 0 {
-            let t = Duration::from_millis(u64::from(self.user_timeout_ms));
-            sock.set_tcp_user_timeout(Some(t))?;
-        }
-        Ok(())
-    }
-}
-
 impl Listener {
     /// Waits for the next client. A Unix-socket client has no IP address: it is reported as
     /// `0.0.0.0:<port>` (as PgBouncer reports `unix` with the listening port).
@@ -359,6 +311,9 @@ pub fn unix_peer(port: u16) -> SocketAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use socket2::SockRef;
+    use std::time::Duration;
+    use tokio::net::TcpStream;
 
     #[test]
     fn entries_split_on_commas_and_skip_blanks() {

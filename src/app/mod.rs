@@ -39,6 +39,8 @@ pub enum AppError {
     },
     #[error("cannot install signal handlers: {0}")]
     Signal(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::net::tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -92,6 +94,8 @@ pub struct App {
     pub caps: crate::pool::limits::CapRegistry,
     /// Health of the server hosts (multi-host databases, server_login_retry).
     pub hosts: Arc<crate::pool::hosts::HostRegistry>,
+    /// TLS configurations for clients and servers (rebuilt by RELOAD).
+    pub tls: crate::net::tls::SharedTls,
 }
 
 impl App {
@@ -99,7 +103,9 @@ impl App {
         let userlist = load_userlist(&config)?;
         let metrics = (!config.pgferry.metrics_addr.is_empty()).then(crate::metrics::Metrics::new);
         let insight = crate::insight::Insight::new(config.pgferry.insight_config());
+        let tls = crate::net::tls::Tls::from_config(&config.pgferry)?;
         Ok(Arc::new(App {
+            tls: Arc::new(ArcSwap::from_pointee(tls)),
             sql: crate::sql::SqlCache::default(),
             insight,
             caps: Default::default(),
@@ -265,6 +271,15 @@ impl App {
             connect_timeout: g.server_connect_timeout().unwrap_or(Duration::ZERO),
             max_packet_size: g.max_packet_size as usize,
             max_prepared: g.max_prepared_statements.max(1) as usize,
+            tls: self.tls.clone(),
+            tls_settings: format!(
+                "{:?} {:?} {:?} {:?}",
+                g.server_tls_sslmode,
+                g.server_tls_ca_file,
+                g.server_tls_cert_file,
+                g.server_tls_key_file
+            ),
+            tcp: crate::net::TcpTuning::from_config(g),
         };
         Some(target)
     }

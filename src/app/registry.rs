@@ -64,6 +64,8 @@ pub struct ClientInfo {
     pub server: AtomicU64,
     pub prepared_statements: AtomicUsize,
     pub application_name: Mutex<String>,
+    /// Protocol and cipher when the client uses TLS (SHOW CLIENTS `tls`), set after login.
+    pub tls: std::sync::OnceLock<String>,
     /// Notified to disconnect the client (KILL, KILL_CLIENT, removed database).
     pub kill: Notify,
 }
@@ -91,6 +93,7 @@ impl ClientInfo {
             server: AtomicU64::new(0),
             prepared_statements: AtomicUsize::new(0),
             application_name: Mutex::new(application_name.to_owned()),
+            tls: std::sync::OnceLock::new(),
             kill: Notify::new(),
         }
     }

@@ -4,7 +4,8 @@
 //! applies live, to the pools clients are connected to: sizes, reserve, min_pool_size, caps,
 //! timeouts, pool mode (for sessions that start after), checks and reset queries. A changed
 //! server address or password makes each pool replace its server connections as they are
-//! released; a removed database disconnects its clients, as PgBouncer does.
+//! released; a removed database disconnects its clients, as PgBouncer does. TLS files are read
+//! again, so renewed certificates apply to new connections.
 
 use super::{load_userlist, pool_settings, App};
 use crate::config::Config;
@@ -29,10 +30,15 @@ impl App {
             tracing::error!("RELOAD: {e}; keeping the old configuration");
             e.to_string()
         })?;
+        let tls = crate::net::tls::Tls::from_config(&new.pgferry).map_err(|e| {
+            tracing::error!("RELOAD: {e}; keeping the old configuration");
+            e.to_string()
+        })?;
         let mut notes = keep_restart_only(&old, &mut new);
         self.scram_cache.clear();
         self.auth_lookup.clear();
         self.userlist.store(Arc::new(users));
+        self.tls.store(Arc::new(tls));
         self.config.store(Arc::new(new));
         notes.extend(self.apply_to_pools());
         for n in &notes {
@@ -70,7 +76,9 @@ impl App {
             probe.pgferry.listen_port = 6432;
         }
         probe.validate().map_err(|e| e.to_string())?;
+        let tls = crate::net::tls::Tls::from_config(&new.pgferry).map_err(|e| e.to_string())?;
         tracing::info!(key, value, "SET");
+        self.tls.store(Arc::new(tls));
         self.config.store(Arc::new(new));
         Ok(self.apply_to_pools())
     }
@@ -111,7 +119,7 @@ impl App {
             if let Some(t) = self.server_target(&cfg, &db, &user) {
                 if pool.set_target(t) {
                     notes.push(format!(
-                        "pool {db}/{user}: server address or credentials changed; its server \
+                        "pool {db}/{user}: server address, credentials or TLS settings changed; its server \
                          connections are replaced as they are released"
                     ));
                 }

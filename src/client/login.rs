@@ -1,4 +1,4 @@
-//! The client's way in: SSL/GSS negotiation (refused with 'N' until TLS lands), cancel
+//! The client's way in: SSL/GSS negotiation (TLS per `client_tls_sslmode`, see `tls`), cancel
 //! requests, protocol version negotiation, limits, authentication against the configured
 //! credentials (trust, cleartext, md5, SCRAM-SHA-256), and the login reply.
 
@@ -75,10 +75,10 @@ async fn startup(
 ) -> Result<Option<Outcome>, ClientError> {
     let msg = loop {
         match conn.read_startup().await {
-            Ok(StartupPacket::SslRequest | StartupPacket::GssEncRequest) => {
-                conn.queue(b"N");
-                conn.flush().await?;
+            Ok(StartupPacket::SslRequest) => {
+                super::tls::answer_ssl_request(app, conn, peer).await?;
             }
+            Ok(StartupPacket::GssEncRequest) => super::tls::answer_gss_request(conn).await?,
             Ok(StartupPacket::Cancel { pid, secret }) => {
                 let wait = app.config.load().pgferry.cancel_wait_timeout();
                 app.cancels.cancel(pid, secret, wait).await;
@@ -91,6 +91,7 @@ async fn startup(
             Err(e) => return Err(e.into()),
         }
     };
+    super::tls::require_tls(app, conn).await?;
     negotiate_version(conn, &msg).await?;
     let cfg = app.config.load_full();
     if count > cfg.pgferry.max_client_conn as usize {
@@ -356,13 +357,9 @@ async fn authenticate(
     auth_type: AuthType,
 ) -> Result<(), ClientError> {
     if auth_type == AuthType::Cert {
-        // Client certificates arrive with TLS; until then there is nothing to check against.
-        return refuse(
-            conn,
-            "28000",
-            "certificate authentication needs a TLS connection",
-        )
-        .await;
+        // The verified client certificate names the user; the server login uses what the
+        // auth_file (or the database's forced user) holds for it.
+        return super::tls::cert_login(conn, user).await;
     }
     let secret = match app.secret(user) {
         Some(s) => Some(s),

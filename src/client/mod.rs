@@ -5,6 +5,7 @@ mod login;
 pub mod params;
 mod session;
 pub mod statements;
+mod tls;
 
 use crate::app::App;
 use crate::net::Stream;
@@ -74,6 +75,9 @@ async fn session_for(
         &db,
         login.params.get("application_name").unwrap_or(""),
     );
+    if let Some(tls) = conn.stream().tls_description() {
+        let _ = info.tls.set(tls);
+    }
     let id = info.id;
     let r = session::run(app, conn, *login, info).await;
     app.unregister_client(id);

@@ -8,8 +8,13 @@ use bytes::{Buf, BytesMut};
 use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+mod cert_name;
 mod stream;
+mod tcp;
+pub mod tls;
+pub use cert_name::common_name;
 pub use stream::Stream;
+pub use tcp::TcpTuning;
 
 /// First read after an idle client's buffer was released.
 const SMALL_READ: usize = 1000;
@@ -190,6 +195,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 }
 
 impl Conn<Stream> {
+    /// Hands the transport to `upgrade` (a TLS handshake) and keeps the one it returns. The
+    /// caller makes sure nothing is buffered: bytes read before the handshake were not
+    /// protected by it. If the upgrade fails or is cancelled the connection has no transport.
+    pub async fn upgrade<F, Fut>(&mut self, upgrade: F) -> io::Result<()>
+    where
+        F: FnOnce(Stream) -> Fut,
+        Fut: std::future::Future<Output = io::Result<Stream>>,
+    {
+        debug_assert!(self.rbuf.is_empty() && self.wbuf.is_empty());
+        let plain = std::mem::replace(&mut self.stream, Stream::Detached);
+        self.stream = upgrade(plain).await?;
+        Ok(())
+    }
+
     /// Like [`Conn::fill`], but when the read buffer was released it first waits for the socket
     /// to become readable, so no buffer is allocated while the peer is silent. Cancel-safe.
     pub async fn fill_when_readable(&mut self) -> Result<(), NetError> {

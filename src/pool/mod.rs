@@ -368,6 +368,7 @@ fn same_password(a: &ServerPassword, b: &ServerPassword) -> bool {
         (ServerPassword::None, ServerPassword::None) => true,
         (ServerPassword::Plain(x), ServerPassword::Plain(y)) => x == y,
         (ServerPassword::Md5(x), ServerPassword::Md5(y)) => x == y,
+        (ServerPassword::Learned(x), ServerPassword::Learned(y)) => Arc::ptr_eq(x, y),
         _ => false,
     }
 }

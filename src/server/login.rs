@@ -1,22 +1,26 @@
-//! Opening a server connection: TCP connect under `server_connect_timeout`, StartupMessage,
-//! cleartext / md5 / SCRAM-SHA-256 authentication (SCRAM with a password or with the keys a
-//! client's login left behind), then the parameters and backend key the
-//! server reports until its first ReadyForQuery.
+//! Opening a server connection: TCP connect under `server_connect_timeout`, TLS negotiation per
+//! `server_tls_sslmode`, StartupMessage, cleartext / md5 / SCRAM-SHA-256 authentication (SCRAM
+//! with a password or with the keys a client's login left behind), then the parameters and
+//! backend key the server reports until its first ReadyForQuery.
 
 use super::{ServerConn, ServerError, ServerInfo};
 use crate::auth::{AuthError, LearnedCredentials, ScramKeysClient, ServerCredentials};
+use crate::config::TlsMode;
+use crate::net::tls::SharedTls;
 use crate::net::Stream;
 use crate::net::{Conn, NetError};
 use crate::protocol::{build, tag, views};
 use bytes::BytesMut;
 use md5::{Digest, Md5};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{lookup_host, TcpStream};
 
-/// The password pgferry presents to a server.
-#[derive(Clone, Debug)]
+/// The password pgferry presents to a server. Its `Debug` never shows a secret.
+#[derive(Clone)]
 pub enum ServerPassword {
     None,
     Plain(String),
@@ -25,6 +29,17 @@ pub enum ServerPassword {
     /// Whatever the latest client login of this user left behind (SCRAM keys recovered from
     /// its proof, or a secret from auth_query); empty until a client has logged in once.
     Learned(Arc<LearnedCredentials>),
+}
+
+impl std::fmt::Debug for ServerPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ServerPassword::None => "None",
+            ServerPassword::Plain(_) => "Plain(<redacted>)",
+            ServerPassword::Md5(_) => "Md5(<redacted>)",
+            ServerPassword::Learned(_) => "Learned",
+        })
+    }
 }
 
 impl ServerPassword {
@@ -63,6 +78,13 @@ pub struct ServerTarget {
     pub connect_timeout: Duration,
     pub max_packet_size: usize,
     pub max_prepared: usize,
+    /// TLS towards servers (`server_tls_*`), shared with the App so RELOAD reaches every pool.
+    pub tls: SharedTls,
+    /// The `server_tls_*` settings `tls` was built from: when RELOAD changes them, the pool
+    /// replaces its server connections, as it does for a changed address.
+    pub tls_settings: String,
+    /// Keepalive and `tcp_user_timeout` for the server socket.
+    pub tcp: crate::net::TcpTuning,
 }
 
 /// Connects and logs in; on success the connection is idle and ready for queries.
@@ -91,15 +113,53 @@ pub async fn connect(t: &ServerTarget) -> Result<ServerConn, ServerError> {
         .await
         .map_err(|_| ServerError::ConnectTimeout)??;
     stream.set_nodelay(true).map_err(ServerError::Connect)?;
-    let mut server = ServerConn::new(
-        Conn::new(Stream::from(stream), t.max_packet_size),
-        addr,
-        t.max_prepared,
-    );
-    tokio::time::timeout(timeout, login(&mut server, t))
+    t.tcp.apply(&stream).map_err(ServerError::Connect)?;
+    let setup = async {
+        let stream = negotiate_tls(t, stream, addr).await?;
+        let mut server =
+            ServerConn::new(Conn::new(stream, t.max_packet_size), addr, t.max_prepared);
+        login(&mut server, t).await?;
+        Ok::<_, ServerError>(server)
+    };
+    tokio::time::timeout(timeout, setup)
         .await
-        .map_err(|_| ServerError::ConnectTimeout)??;
-    Ok(server)
+        .map_err(|_| ServerError::ConnectTimeout)?
+}
+
+/// Length 8, code 80877103.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
+/// SSLRequest per `server_tls_sslmode`: prefer takes TLS if the server offers it and plain
+/// otherwise; require and verify-* insist on it; disable and allow never ask (as PgBouncer).
+async fn negotiate_tls(
+    t: &ServerTarget,
+    mut tcp: TcpStream,
+    addr: SocketAddr,
+) -> Result<Stream, ServerError> {
+    let tls = t.tls.load();
+    let Some(server_tls) = &tls.server else {
+        return Ok(Stream::from(tcp));
+    };
+    tcp.write_all(&SSL_REQUEST)
+        .await
+        .map_err(ServerError::Connect)?;
+    // Exactly one byte: anything after it belongs to the TLS handshake (or is an injection the
+    // handshake will reject), never to the plaintext protocol.
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer)
+        .await
+        .map_err(ServerError::Connect)?;
+    match answer[0] {
+        b'S' => crate::net::tls::connect(server_tls, &t.host, addr.ip(), tcp)
+            .await
+            .map_err(|e| ServerError::Tls(format!("TLS handshake with {addr} failed: {e}"))),
+        b'N' if server_tls.mode == TlsMode::Prefer => Ok(Stream::from(tcp)),
+        b'N' => Err(ServerError::Tls(format!(
+            "server {addr} does not support TLS (server_tls_sslmode = \"{}\")",
+            server_tls.mode
+        ))),
+        _ => Err(ServerError::Protocol("unexpected answer to SSLRequest")),
+    }
 }
 
 async fn login(server: &mut ServerConn, t: &ServerTarget) -> Result<(), ServerError> {

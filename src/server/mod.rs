@@ -40,6 +40,9 @@ pub enum ServerError {
     UnsupportedAuth(i32),
     #[error("server SCRAM exchange failed: {0}")]
     Scram(std::io::Error),
+    /// TLS was required but refused, or the handshake failed (certificate not trusted, …).
+    #[error("{0}")]
+    Tls(String),
     #[error("protocol violation from server: {0}")]
     Protocol(&'static str),
     #[error("malformed message from server: {0}")]
@@ -84,6 +87,8 @@ pub struct ServerInfo {
     pub request_time_us: AtomicU64,
     pub prepared_statements: AtomicUsize,
     pub application_name: Mutex<String>,
+    /// Protocol and cipher when the connection uses TLS (SHOW SERVERS `tls`).
+    pub tls: Option<String>,
 }
 
 impl ServerInfo {
@@ -100,6 +105,7 @@ impl ServerInfo {
             request_time_us: AtomicU64::new(o.request_time_us.load(Ordering::Relaxed)),
             prepared_statements: AtomicUsize::new(0),
             application_name: Mutex::new(String::new()),
+            tls: o.tls.clone(),
         }
     }
 }
@@ -159,6 +165,7 @@ impl ServerConn {
                 request_time_us: AtomicU64::new(now_us()),
                 prepared_statements: AtomicUsize::new(0),
                 application_name: Mutex::new(String::new()),
+                tls: conn.stream().tls_description(),
             }),
             tracker: None,
             generation: 0,

@@ -579,6 +579,17 @@ fn is_zombie(proc_dir: &Path) -> bool {
 
 /// Runs a command to completion (stdin closed); any failure to spawn or a
 /// non-zero exit becomes an error carrying its stderr.
+/// Hands `path` to the OS user the server runs as (a no-op unless the tests run as root), for
+/// files PostgreSQL must own, such as a TLS key it refuses unless it is 0600 and its own.
+pub fn give_to_server_user(path: &Path) -> Result<(), TestkitError> {
+    if !is_root() {
+        return Ok(());
+    }
+    let mut chown = Command::new("chown");
+    chown.arg(format!("{OS_USER}:{OS_USER}")).arg(path);
+    run(chown).map(drop)
+}
+
 fn run(mut cmd: Command) -> Result<Output, TestkitError> {
     let desc = describe(&cmd);
     let out = cmd

@@ -13,7 +13,7 @@ mod cluster;
 mod error;
 
 pub use bins::{find_pg_bin_dir, pgbench_path, psql_path, BIN_DIR_ENV};
-pub use cluster::{ClusterOptions, PasswordMethod, PgCluster};
+pub use cluster::{give_to_server_user, ClusterOptions, PasswordMethod, PgCluster};
 pub use error::TestkitError;
 
 #[cfg(test)]
