@@ -97,9 +97,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// `workers = 1` runs everything on one thread (no cross-thread wakeups: on a small machine
+/// shared with PostgreSQL this is often fastest); 0 means one worker per core.
 fn runtime(workers: u32) -> Option<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if workers > 0 {
+    let mut b = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if workers > 1 {
         b.worker_threads(workers as usize);
     }
     match b.enable_all().build() {

@@ -37,21 +37,16 @@ pub const TOTALS_COLUMNS: [&str; 12] = [
     "client_login_count",
 ];
 
-/// SHOW STATS_AVERAGES columns after `database` (PgBouncer prefixes only the last four).
-pub const AVERAGES_COLUMNS: [&str; 12] = [
-    "server_assignment_count",
-    "xact_count",
-    "query_count",
-    "bytes_received",
-    "bytes_sent",
-    "xact_time",
-    "query_time",
-    "wait_time",
-    "avg_client_parse_count",
-    "avg_server_parse_count",
-    "avg_bind_count",
-    "avg_client_login_count",
-];
+/// SHOW STATS_AVERAGES column `i` after `database`: the STATS_TOTALS name, with PgBouncer's
+/// `avg_` prefix on the last four (the prepared-statement and login counters) only.
+fn averages_column(i: usize) -> String {
+    let name = TOTALS_COLUMNS[i];
+    if i >= TOTALS_COLUMNS.len() - 4 {
+        format!("avg_{name}")
+    } else {
+        name.to_owned()
+    }
+}
 
 /// SHOW TOTALS row names after `total_` / `avg_`.
 const TOTALS_ROWS: [&str; 12] = [
@@ -120,13 +115,19 @@ pub fn show(ctx: &mut Ctx<'_>, what: &str) {
             t.finish();
         }
         "stats_totals" | "stats_averages" => {
-            let (names, source) = if what == "stats_totals" {
-                (&TOTALS_COLUMNS, &totals)
+            let (names, source): (Vec<String>, _) = if what == "stats_totals" {
+                (
+                    TOTALS_COLUMNS.iter().map(|c| (*c).to_owned()).collect(),
+                    &totals,
+                )
             } else {
-                (&AVERAGES_COLUMNS, &averages)
+                (
+                    (0..TOTALS_COLUMNS.len()).map(averages_column).collect(),
+                    &averages,
+                )
             };
             let mut cols = vec![("database", Type::Text)];
-            cols.extend(names.iter().map(|n| (*n, Type::Numeric)));
+            cols.extend(names.iter().map(|n| (n.as_str(), Type::Numeric)));
             let mut t = Table::new(&mut ctx.out, &cols);
             for (db, v) in source {
                 let mut row = vec![Val::from(db.as_str())];

@@ -68,8 +68,27 @@ impl CancelRegistry {
         self.keys.remove(&pid);
     }
 
-    /// Handles a CancelRequest; returns true if it was forwarded to a server.
-    pub async fn cancel(&self, pid: i32, secret: i32) -> bool {
+    /// Registers a client under a key it was given elsewhere (session mode hands out the
+    /// server's own BackendKeyData). Falls back to a fresh key if `pid` is taken, which happens
+    /// only when two servers behind pgferry reuse one process id.
+    pub fn register_as(&self, pid: i32, secret: i32) -> (i32, i32, Arc<CancelSlot>) {
+        let slot = Arc::new(CancelSlot::default());
+        if pid != 0 {
+            if let dashmap::Entry::Vacant(v) = self.keys.entry(pid) {
+                v.insert(Entry {
+                    secret,
+                    slot: slot.clone(),
+                });
+                return (pid, secret, slot);
+            }
+        }
+        tracing::debug!(pid, "backend key already in use; issuing pgferry's own");
+        self.register()
+    }
+
+    /// Handles a CancelRequest (delivery bounded by `wait`, PgBouncer's
+    /// cancel_wait_timeout); returns true if it was forwarded to a server.
+    pub async fn cancel(&self, pid: i32, secret: i32, wait: Option<Duration>) -> bool {
         let slot = match self.keys.get(&pid) {
             Some(e) if e.secret == secret => e.slot.clone(),
             _ => return false,
@@ -77,9 +96,17 @@ impl CancelRegistry {
         // Hold the slot while delivering: the client cannot release its server meanwhile.
         let guard = slot.target.lock().await;
         let Some(t) = *guard else { return false };
-        let sent = tokio::time::timeout(Duration::from_secs(5), send_cancel(t)).await;
+        let sent = send_cancel_bounded(t, wait).await;
         drop(guard);
-        matches!(sent, Ok(Ok(())))
+        sent
+    }
+}
+
+/// Sends a CancelRequest for `t`, giving up after `wait` (`None` = no bound). True if sent.
+pub async fn send_cancel_bounded(t: CancelTarget, wait: Option<Duration>) -> bool {
+    match wait {
+        Some(w) => matches!(tokio::time::timeout(w, send_cancel(t)).await, Ok(Ok(()))),
+        None => send_cancel(t).await.is_ok(),
     }
 }
 

@@ -60,6 +60,11 @@ pub struct App {
     pub config: ArcSwap<Config>,
     pub(crate) userlist: ArcSwap<HashMap<String, Secret>>,
     pub(crate) scram_cache: DashMap<String, ScramSecret>,
+    /// auth_query lookups and their cache.
+    pub auth_lookup: auth::AuthLookup,
+    /// Server credentials learned from client logins, per (database, user): SCRAM keys
+    /// (pass-through) and auth_query secrets, for pools that have no password of their own.
+    learned: DashMap<(String, String), Arc<auth::LearnedCredentials>>,
     pub pools: DashMap<(String, String), Arc<Pool>>,
     pub cancels: CancelRegistry,
     /// Logged-in clients, by id (SHOW CLIENTS, KILL_CLIENT).
@@ -98,6 +103,8 @@ impl App {
             config: ArcSwap::from_pointee(config),
             userlist: ArcSwap::from_pointee(userlist),
             scram_cache: DashMap::new(),
+            auth_lookup: auth::AuthLookup::default(),
+            learned: DashMap::new(),
             pools: DashMap::new(),
             cancels: CancelRegistry::default(),
             client_list: DashMap::new(),
@@ -118,6 +125,53 @@ impl App {
     /// True when credentials are configured, so unknown users are refused.
     pub fn has_userlist(&self) -> bool {
         !self.userlist.load().is_empty()
+    }
+
+    /// True when users of `db` absent from the auth_file are looked up with `auth_query`
+    /// (an `auth_user` applies, and there is a database to run it in).
+    pub fn has_auth_query(&self, db: &str) -> bool {
+        let cfg = self.config.load();
+        let users = self.userlist.load();
+        auth::auth_source(&cfg, &users, db).map_or(true, |src| src.is_some())
+    }
+
+    /// The secret of a user absent from the auth_file, by `auth_query` for database `db`
+    /// (cached; see [`auth::AuthLookup`]). `Ok(None)`: no such user, or no auth_query applies.
+    pub async fn lookup_secret(
+        &self,
+        db: &str,
+        user: &str,
+    ) -> Result<Option<Secret>, auth::LookupError> {
+        let (src, timeout) = {
+            let cfg = self.config.load();
+            let users = self.userlist.load();
+            let timeout = cfg
+                .pgferry
+                .server_connect_timeout()
+                .unwrap_or(Duration::from_secs(15));
+            (auth::auth_source(&cfg, &users, db)?, timeout)
+        };
+        match src {
+            Some(src) => self.auth_lookup.lookup(&src, user, timeout).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Keeps what a successful client login of `user` to `db` leaves behind, for server
+    /// logins of that pool (only for configured databases, so the map stays bounded).
+    pub fn learn(&self, db: &str, user: &str, creds: auth::ServerCredentials) {
+        if self.config.load().database(db).is_none() {
+            return;
+        }
+        self.learned_slot(db, user).set(creds);
+    }
+
+    fn learned_slot(&self, db: &str, user: &str) -> Arc<auth::LearnedCredentials> {
+        let key = (db.to_owned(), user.to_owned());
+        if let Some(slot) = self.learned.get(&key) {
+            return slot.clone();
+        }
+        self.learned.entry(key).or_default().clone()
     }
 
     /// The SCRAM secret for a user, derived once from a plain password and cached.
@@ -147,6 +201,9 @@ impl App {
             _ => match self.secret(&server_user) {
                 Some(Secret::Plain(p)) => ServerPassword::Plain(p),
                 Some(Secret::Md5(m)) => ServerPassword::Md5(m),
+                // A SCRAM secret, or a user known through auth_query: log in with what the
+                // client's login left behind. A forced user has no client login to learn from.
+                _ if dbc.user.is_none() => ServerPassword::Learned(self.learned_slot(db, user)),
                 _ => ServerPassword::None,
             },
         };

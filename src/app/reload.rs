@@ -37,6 +37,7 @@ impl App {
             });
         }
         self.scram_cache.clear();
+        self.auth_lookup.clear();
         self.userlist.store(Arc::new(users));
         self.config.store(Arc::new(new));
         tracing::info!(path = %path.display(), "configuration reloaded");

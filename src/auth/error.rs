@@ -1,5 +1,5 @@
 //! The error type of `pgferry::auth`: auth_file problems, malformed or
-//! unsupported authentication messages, and wrong passwords.
+//! unsupported authentication messages, wrong passwords, and server-side SCRAM failures.
 
 /// Everything that can go wrong while loading secrets or authenticating a
 /// client.
@@ -19,6 +19,15 @@ pub enum AuthError {
     /// The client proved knowledge of a different password.
     #[error("password authentication failed")]
     PasswordMismatch,
+    /// A server's SCRAM salt or iteration count differs from the verifier pgferry
+    /// authenticated the client against: the server's secret changed.
+    #[error(
+        "the server's SCRAM secret differs from the one pgferry authenticated the client with"
+    )]
+    SecretChanged,
+    /// A server's SCRAM signature is wrong: it does not know the user's ServerKey.
+    #[error("server SCRAM signature does not match")]
+    ServerSignature,
     /// The client asked for a feature pgferry does not offer.
     #[error("unsupported authentication feature: {0}")]
     Unsupported(&'static str),

@@ -16,6 +16,7 @@ use rand::RngCore;
 
 use super::ct_eq;
 use super::error::AuthError;
+use super::passthrough::ScramKeys;
 use super::scram_secret::{hmac_sha256, sha256, ScramSecret};
 
 /// Random bytes in the server's part of the nonce (base64: 24 characters).
@@ -168,6 +169,13 @@ impl ScramServer {
             State::Done { client_key } => Some(client_key),
             _ => None,
         }
+    }
+
+    /// ClientKey and ServerKey (with the verifier's salt and iterations), available once
+    /// [`client_final`](Self::client_final) has succeeded: what logging in to PostgreSQL as
+    /// this user takes (SCRAM pass-through).
+    pub fn keys(&self) -> Option<ScramKeys> {
+        ScramKeys::new(&self.secret, self.client_key()?)
     }
 }
 

@@ -7,11 +7,12 @@ use super::{refuse, ClientError};
 use crate::admin::{self, AdminRole};
 use crate::app::cancel::CancelSlot;
 use crate::app::App;
-use crate::auth::{self, ScramServer, Secret};
+use crate::auth::{self, ScramKeys, ScramServer, Secret, ServerCredentials};
 use crate::config::AuthType;
+use crate::config::PoolMode;
 use crate::net::Stream;
 use crate::net::{Conn, NetError};
-use crate::pool::Pool;
+use crate::pool::{Checkout, Pool};
 use crate::protocol::build;
 use crate::protocol::startup::{StartupMessage, StartupPacket};
 use crate::protocol::{tag, views};
@@ -24,6 +25,9 @@ use std::time::Duration;
 /// A logged-in client, ready for its session.
 pub struct Login {
     pub pool: Arc<Pool>,
+    /// Session mode: the client's server, taken at login so its BackendKeyData is the
+    /// server's own (already carrying the client's startup parameters).
+    pub server: Option<Checkout>,
     pub user: String,
     pub params: ClientParams,
     pub pid: i32,
@@ -32,7 +36,7 @@ pub struct Login {
 
 /// Where a successful login leads.
 pub enum Outcome {
-    Session(Login),
+    Session(Box<Login>),
     /// The admin console (the virtual database `pgbouncer` / `pgferry`).
     Admin {
         user: String,
@@ -76,7 +80,8 @@ async fn startup(
                 conn.flush().await?;
             }
             Ok(StartupPacket::Cancel { pid, secret }) => {
-                app.cancels.cancel(pid, secret).await;
+                let wait = app.config.load().pgferry.cancel_wait_timeout();
+                app.cancels.cancel(pid, secret, wait).await;
                 return Ok(None);
             }
             Ok(StartupPacket::Startup(m)) => break m,
@@ -129,7 +134,7 @@ async fn startup(
         .unwrap_or(&user)
         .to_owned();
 
-    if let Err(e) = authenticate(app, conn, &user, cfg.pgferry.auth_type).await {
+    if let Err(e) = authenticate(app, conn, &user, &database, cfg.pgferry.auth_type).await {
         app.counters.login_failures.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(%peer, %user, %database, "login failed: {e}");
         return Err(e);
@@ -182,13 +187,26 @@ async fn startup(
             None => startup_params.push(("application_name".into(), format!(" - {suffix}"))),
         }
     }
-    let params = ClientParams::new(
+    let mut params = ClientParams::new(
         &welcome,
         &startup_params,
         &cfg.pgferry.track_extra_parameters,
         &cfg.pgferry.ignore_startup_parameters,
     );
-    let (pid, secret, cancel) = app.cancels.register();
+    let mut server = None;
+    let (pid, secret, cancel) = if pool.settings.mode == PoolMode::Session {
+        // Session mode tells the truth: the client gets its server's real BackendKeyData, so
+        // pg_backend_pid() and the key agree (cancels still go through pgferry).
+        let c = match session_server(&pool, &mut params).await {
+            Ok(c) => c,
+            Err(e) => return refuse_login(app, conn, e).await.map(|_| None),
+        };
+        let (pid, secret) = (c.conn_ref().pid, c.conn_ref().secret);
+        server = Some(c);
+        app.cancels.register_as(pid, secret)
+    } else {
+        app.cancels.register()
+    };
     let out = conn.out();
     build::auth_ok(out);
     for (k, v) in params.announce(&welcome) {
@@ -202,13 +220,70 @@ async fn startup(
     }
     app.counters.logins.fetch_add(1, Ordering::Relaxed);
     pool.stats.logins.fetch_add(1, Ordering::Relaxed);
-    Ok(Some(Outcome::Session(Login {
+    Ok(Some(Outcome::Session(Box::new(Login {
         pool,
+        server,
         user,
         params,
         pid,
         cancel,
-    })))
+    }))))
+}
+
+/// Why a session-mode login could not get its server ready.
+enum SessionServerError {
+    Pool(crate::pool::PoolError),
+    /// The server rejected the client's startup parameters (e.g. an unknown TimeZone).
+    Rejected(bytes::Bytes),
+    Broken(String),
+}
+
+/// Checks out the server a session-mode client keeps, with the client's parameters applied.
+async fn session_server(
+    pool: &Arc<Pool>,
+    params: &mut ClientParams,
+) -> Result<Checkout, SessionServerError> {
+    let mut c = pool.checkout().await.map_err(SessionServerError::Pool)?;
+    if let Some(sql) = params.sync_sql(c.conn_ref()) {
+        match c.conn().hidden_query(&sql).await {
+            Ok((_, b'I')) => params.after_sync(c.conn()),
+            Ok(_) => {
+                return Err(SessionServerError::Broken(
+                    "server left a transaction open while applying parameters".into(),
+                ))
+            }
+            Err(ServerError::Server(raw)) => {
+                c.release();
+                return Err(SessionServerError::Rejected(raw));
+            }
+            Err(e) => return Err(SessionServerError::Broken(e.to_string())),
+        }
+    }
+    Ok(c)
+}
+
+async fn refuse_login(
+    app: &Arc<App>,
+    conn: &mut Conn<Stream>,
+    e: SessionServerError,
+) -> Result<(), ClientError> {
+    app.counters.login_failures.fetch_add(1, Ordering::Relaxed);
+    match e {
+        SessionServerError::Pool(e) => refuse_for_server(conn, e).await,
+        SessionServerError::Rejected(raw) => {
+            conn.queue(&raw);
+            conn.flush().await?;
+            Err(ClientError::Refused(crate::server::error_message(&raw)))
+        }
+        SessionServerError::Broken(why) => {
+            refuse(
+                conn,
+                "08006",
+                &format!("pgferry could not prepare server connection: {why}"),
+            )
+            .await
+        }
+    }
 }
 
 /// Answers a request for a newer 3.x minor version or `_pq_.` options the way PostgreSQL does.
@@ -266,70 +341,124 @@ fn password_failed(user: &str) -> String {
     format!("password authentication failed for user \"{user}\"")
 }
 
+/// Authenticates `user` (logging in to `database`) by `auth_type` against the auth_file, or
+/// for users absent from it, against the secret `auth_query` finds. On success, keeps what a
+/// server login as this user will need (the secret, or SCRAM keys recovered from the
+/// client's proof) with the (database, user) pool.
 async fn authenticate(
+    app: &Arc<App>,
+    conn: &mut Conn<Stream>,
+    user: &str,
+    database: &str,
+    auth_type: AuthType,
+) -> Result<(), ClientError> {
+    if auth_type == AuthType::Cert {
+        // Client certificates arrive with TLS; until then there is nothing to check against.
+        return refuse(
+            conn,
+            "28000",
+            "certificate authentication needs a TLS connection",
+        )
+        .await;
+    }
+    let secret = match app.secret(user) {
+        Some(s) => Some(s),
+        None => match app.lookup_secret(database, user).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%user, %database, "auth_query lookup failed: {e}");
+                return refuse(
+                    conn,
+                    "08006",
+                    &format!("pgferry could not look up user \"{user}\" (auth_query): {e}"),
+                )
+                .await;
+            }
+        },
+    };
+    let Some(secret) = secret else {
+        return match auth_type {
+            AuthType::Trust if !app.has_userlist() && !app.has_auth_query(database) => Ok(()),
+            AuthType::Trust => {
+                refuse(conn, "28000", &format!("role \"{user}\" does not exist")).await
+            }
+            _ => unknown_user(app, conn, user, auth_type).await,
+        };
+    };
+    let learned = match (auth_type, &secret) {
+        (AuthType::Trust, _) => None,
+        (AuthType::Plain, _) => {
+            build::auth_cleartext(conn.out());
+            conn.flush().await?;
+            let given = read_password(conn).await?;
+            let (ok, keys) = match &secret {
+                Secret::Plain(p) => (constant_time_eq(p.as_bytes(), &given), None),
+                Secret::Md5(m) => {
+                    let computed = postgres_protocol::password::md5(&given, user);
+                    (constant_time_eq(m.as_bytes(), computed.as_bytes()), None)
+                }
+                Secret::Scram(s) => match auth::scram_keys_from_password(s, &given) {
+                    Some(keys) => (true, Some(keys)),
+                    None => (false, None),
+                },
+            };
+            if !ok {
+                return refuse(conn, "28P01", &password_failed(user)).await;
+            }
+            keys
+        }
+        (AuthType::Md5, Secret::Scram(s)) => Some(scram(conn, user, s.clone()).await?),
+        (AuthType::Md5, _) => {
+            let salt: [u8; 4] = rand::random();
+            build::auth_md5(conn.out(), salt);
+            conn.flush().await?;
+            let given = read_password(conn).await?;
+            if !auth::md5_verify(&secret, user, salt, &given) {
+                return refuse(conn, "28P01", &password_failed(user)).await;
+            }
+            None
+        }
+        (AuthType::ScramSha256 | AuthType::Cert, _) => match app.scram_secret(user, &secret) {
+            Some(s) => Some(scram(conn, user, s).await?),
+            // An md5 secret cannot check a SCRAM proof (nor can PostgreSQL's).
+            None => return unknown_user(app, conn, user, auth_type).await,
+        },
+    };
+    let creds = match secret {
+        Secret::Plain(p) => Some(ServerCredentials::Plain(p)),
+        Secret::Md5(m) => Some(ServerCredentials::Md5(m)),
+        Secret::Scram(_) => learned.map(ServerCredentials::Scram),
+    };
+    if let Some(creds) = creds {
+        app.learn(database, user, creds);
+    }
+    Ok(())
+}
+
+/// Refuses a user that cannot log in with 28P01, after the same exchange a real user gets,
+/// so the answer does not tell whether the user exists.
+async fn unknown_user(
     app: &Arc<App>,
     conn: &mut Conn<Stream>,
     user: &str,
     auth_type: AuthType,
 ) -> Result<(), ClientError> {
-    let secret = app.secret(user);
-    match (auth_type, secret) {
-        (AuthType::Trust, _) if !app.has_userlist() => Ok(()),
-        (AuthType::Trust, Some(_)) => Ok(()),
-        // Client certificates arrive with TLS; until then there is nothing to check against.
-        (AuthType::Cert, _) => {
-            refuse(
-                conn,
-                "28000",
-                "certificate authentication needs a TLS connection",
-            )
-            .await
+    match auth_type {
+        AuthType::ScramSha256 => {
+            scram(conn, user, app.auth_lookup.mock_secret(user)).await?;
         }
-        (AuthType::Trust, None) => {
-            refuse(conn, "28000", &format!("role \"{user}\" does not exist")).await
+        AuthType::Md5 => {
+            build::auth_md5(conn.out(), rand::random());
+            conn.flush().await?;
+            read_password(conn).await?;
         }
-        (_, None) => {
-            // Ask for a password anyway so an unknown user looks like a wrong password.
+        _ => {
             build::auth_cleartext(conn.out());
             conn.flush().await?;
-            let _ = read_password(conn).await?;
-            refuse(conn, "28P01", &password_failed(user)).await
+            read_password(conn).await?;
         }
-        (AuthType::Plain, Some(secret)) => {
-            build::auth_cleartext(conn.out());
-            conn.flush().await?;
-            let given = read_password(conn).await?;
-            let ok = match &secret {
-                Secret::Plain(p) => constant_time_eq(p.as_bytes(), &given),
-                Secret::Md5(m) => {
-                    let computed = postgres_protocol::password::md5(&given, user);
-                    constant_time_eq(m.as_bytes(), computed.as_bytes())
-                }
-                Secret::Scram(_) => false,
-            };
-            if ok {
-                Ok(())
-            } else {
-                refuse(conn, "28P01", &password_failed(user)).await
-            }
-        }
-        (AuthType::Md5, Some(Secret::Scram(s))) => scram(conn, user, s).await,
-        (AuthType::Md5, Some(secret)) => {
-            let salt: [u8; 4] = rand::random();
-            build::auth_md5(conn.out(), salt);
-            conn.flush().await?;
-            let given = read_password(conn).await?;
-            if auth::md5_verify(&secret, user, salt, &given) {
-                Ok(())
-            } else {
-                refuse(conn, "28P01", &password_failed(user)).await
-            }
-        }
-        (AuthType::ScramSha256, Some(secret)) => match app.scram_secret(user, &secret) {
-            Some(s) => scram(conn, user, s).await,
-            None => refuse(conn, "28P01", &password_failed(user)).await,
-        },
     }
+    refuse(conn, "28P01", &password_failed(user)).await
 }
 
 /// Reads a PasswordMessage body without its trailing NUL.
@@ -344,24 +473,26 @@ async fn read_password(conn: &mut Conn<Stream>) -> Result<Vec<u8>, ClientError> 
     Ok(body.strip_suffix(&[0]).unwrap_or(body).to_vec())
 }
 
+/// Runs a SCRAM-SHA-256 exchange with the client; on success returns the keys recovered from
+/// its proof.
 async fn scram(
     conn: &mut Conn<Stream>,
     user: &str,
     secret: auth::ScramSecret,
-) -> Result<(), ClientError> {
+) -> Result<ScramKeys, ClientError> {
     build::auth_sasl(conn.out());
     conn.flush().await?;
     let f = conn.read_frame().await?;
     if f.tag() != tag::PASSWORD {
-        return refuse(conn, "08P01", "expected SASL response").await;
+        return fail(conn, "08P01", "expected SASL response").await;
     }
     // SASLInitialResponse: mechanism name, then the length-prefixed client-first-message.
     let body = f.body();
     let Some((mech, rest)) = views::split_cstr(body) else {
-        return refuse(conn, "08P01", "malformed SASLInitialResponse").await;
+        return fail(conn, "08P01", "malformed SASLInitialResponse").await;
     };
     if mech != b"SCRAM-SHA-256" {
-        return refuse(
+        return fail(
             conn,
             "28000",
             "client selected an invalid SASL authentication mechanism",
@@ -369,32 +500,39 @@ async fn scram(
         .await;
     }
     let Some(data) = rest.get(4..) else {
-        return refuse(conn, "08P01", "malformed SASLInitialResponse").await;
+        return fail(conn, "08P01", "malformed SASLInitialResponse").await;
     };
     let mut server = ScramServer::new(secret);
     let first = match server.client_first(data) {
         Ok(m) => m,
-        Err(e) => return refuse(conn, "08P01", &format!("malformed SCRAM message: {e}")).await,
+        Err(e) => return fail(conn, "08P01", &format!("malformed SCRAM message: {e}")).await,
     };
     build::auth_sasl_continue(conn.out(), first);
     conn.flush().await?;
     let f = conn.read_frame().await?;
     if f.tag() != tag::PASSWORD {
-        return refuse(conn, "08P01", "expected SASL response").await;
+        return fail(conn, "08P01", "expected SASL response").await;
     }
     match server.client_final(f.body()) {
         Ok(fin) => {
             build::auth_sasl_final(conn.out(), fin);
-            Ok(())
+            match server.keys() {
+                Some(keys) => Ok(keys),
+                None => fail(conn, "XX000", "SCRAM exchange ended without keys").await,
+            }
         }
-        Err(auth::AuthError::PasswordMismatch) => {
-            refuse(conn, "28P01", &password_failed(user)).await
-        }
-        Err(e) => refuse(conn, "08P01", &format!("malformed SCRAM message: {e}")).await,
+        Err(auth::AuthError::PasswordMismatch) => fail(conn, "28P01", &password_failed(user)).await,
+        Err(e) => fail(conn, "08P01", &format!("malformed SCRAM message: {e}")).await,
     }
 }
 
 /// Compares secrets without an early exit, so timing reveals nothing about where they differ.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// [`refuse`] for functions that return a value on success.
+async fn fail<T>(conn: &mut Conn<Stream>, code: &str, message: &str) -> Result<T, ClientError> {
+    refuse(conn, code, message).await?;
+    Err(ClientError::Refused(message.to_owned()))
 }

@@ -75,7 +75,7 @@ async fn session_for(
         login.params.get("application_name").unwrap_or(""),
     );
     let id = info.id;
-    let r = session::run(app, conn, login, info).await;
+    let r = session::run(app, conn, *login, info).await;
     app.unregister_client(id);
     if app.config.load().pgferry.log_disconnections {
         tracing::info!(%peer, %db, %user, outcome = %match &r { Ok(()) => "closed".to_owned(), Err(e) => e.to_string() }, "logout");

@@ -11,7 +11,7 @@ use super::ClientError;
 use crate::app::cancel::{CancelSlot, CancelTarget};
 use crate::app::registry::{now_us, ClientInfo, ClientState};
 use crate::app::App;
-use crate::config::PoolMode;
+use crate::config::{ClientTimeouts, PoolMode};
 use crate::insight::{SessionContext, SessionDetector};
 use crate::net::Stream;
 use crate::net::{Conn, NetError};
@@ -104,6 +104,27 @@ enum Flow {
     Exit,
 }
 
+/// The per-client timeout that ends the current wait first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Timeout {
+    ClientIdle,
+    IdleTransaction,
+    Transaction,
+    Query,
+}
+
+impl Timeout {
+    /// The setting's name, which is also what the client is told.
+    fn name(self) -> &'static str {
+        match self {
+            Timeout::ClientIdle => "client_idle_timeout",
+            Timeout::IdleTransaction => "idle_transaction_timeout",
+            Timeout::Transaction => "transaction_timeout",
+            Timeout::Query => "query_timeout",
+        }
+    }
+}
+
 /// Counters kept locally and added to the pool's totals once per request, so the per-message
 /// path touches no shared cache line.
 #[derive(Default)]
@@ -157,6 +178,9 @@ struct Session<'a> {
     /// When the outstanding request and the open transaction started.
     request_start: Option<Instant>,
     xact_start: Option<Instant>,
+    /// The configuration `timeouts` were read from (re-read when a reload replaces it).
+    config: Arc<crate::config::Config>,
+    timeouts: ClientTimeouts,
 }
 
 /// Runs a logged-in client's session until it ends.
@@ -207,7 +231,15 @@ pub async fn run(
         notice: None,
         request_start: None,
         xact_start: None,
+        config: app.config.load_full(),
+        timeouts: ClientTimeouts::default(),
     };
+    s.timeouts = s.config.client_timeouts_for(&s.info.user);
+    if let Some(c) = login.server {
+        s.attach(c).await;
+        // Idle until the client's first request: session time is not transaction time.
+        s.xact_start = None;
+    }
     let r = s.run_loop().await;
     Box::pin(s.finish()).await;
     app.cancels.unregister(pid);
@@ -264,6 +296,16 @@ impl Session<'_> {
                 // Between transactions the client holds no server and needs no buffers.
                 self.client.release_buffers();
             }
+            let deadline = self.deadline();
+            let expired = async move {
+                match deadline {
+                    Some((at, which)) => {
+                        tokio::time::sleep_until(at.into()).await;
+                        which
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             let server_err = match self.server.as_mut() {
                 Some(c) => {
                     let sconn = &mut c.conn().conn;
@@ -275,6 +317,7 @@ impl Session<'_> {
                             watch_shutdown = r.is_ok();
                             None
                         }
+                        which = expired => return Box::pin(self.timed_out(which)).await,
                     }
                 }
                 None => {
@@ -285,6 +328,7 @@ impl Session<'_> {
                             watch_shutdown = r.is_ok();
                             None
                         }
+                        which = expired => return Box::pin(self.timed_out(which)).await,
                     }
                 }
             };
@@ -292,6 +336,88 @@ impl Session<'_> {
                 self.server_lost(&e).await?;
             }
         }
+    }
+
+    /// The earliest per-client timeout that can end the coming wait, if any is set. The idle
+    /// timeouts count from the start of the wait: the client has been silent since then.
+    fn deadline(&mut self) -> Option<(Instant, Timeout)> {
+        let cfg = self.app.config.load();
+        if !Arc::ptr_eq(&self.config, &cfg) {
+            // RELOAD: the new timeouts apply from the next wait on.
+            self.config = arc_swap::Guard::into_inner(cfg);
+            self.timeouts = self.config.client_timeouts_for(&self.info.user);
+        }
+        let t = self.timeouts;
+        if t == ClientTimeouts::default() {
+            return None;
+        }
+        let now = Instant::now();
+        let in_tx = self.tx != b'I';
+        let waiting_on_server = !self.pending.is_empty();
+        let mut best: Option<(Instant, Timeout)> = None;
+        let mut consider = |at: Option<Instant>, which| {
+            if let Some(at) = at {
+                if best.is_none_or(|(b, _)| at < b) {
+                    best = Some((at, which));
+                }
+            }
+        };
+        if waiting_on_server {
+            let start = self.request_start.unwrap_or(now);
+            consider(t.query_timeout.map(|d| start + d), Timeout::Query);
+        } else if in_tx || self.unsynced {
+            consider(
+                t.idle_transaction_timeout.map(|d| now + d),
+                Timeout::IdleTransaction,
+            );
+        } else {
+            consider(t.client_idle_timeout.map(|d| now + d), Timeout::ClientIdle);
+        }
+        if in_tx {
+            let start = self.xact_start.unwrap_or(now);
+            consider(
+                t.transaction_timeout.map(|d| start + d),
+                Timeout::Transaction,
+            );
+        }
+        best
+    }
+
+    /// A per-client timeout expired: the client is told which one and disconnected; a server
+    /// that was working for it is cancelled and closed (its transaction rolls back).
+    async fn timed_out(&mut self, which: Timeout) -> Result<(), ClientError> {
+        tracing::info!(
+            client = self.info.id,
+            db = %self.pool.database,
+            user = %self.info.user,
+            timeout = which.name(),
+            "closing client"
+        );
+        if let Some(c) = self.server.take() {
+            if self.is_idle() {
+                self.server = Some(c); // clean: finish() gives it back
+            } else {
+                let sc = c.conn_ref();
+                let target = CancelTarget {
+                    addr: sc.addr,
+                    pid: sc.pid,
+                    secret: sc.secret,
+                };
+                drop(c); // closed, never pooled
+                self.cancel.set(None).await;
+                if !self.pending.is_empty() {
+                    // Stop the backend's work now rather than when it next writes.
+                    let wait = self.config.pgferry.cancel_wait_timeout();
+                    tokio::spawn(crate::app::cancel::send_cancel_bounded(target, wait));
+                }
+                self.pending.clear();
+                self.unsynced = false;
+                self.tx = b'I';
+            }
+        }
+        build::error(self.client.out(), Severity::Fatal, "08P01", which.name());
+        self.client.flush().await?;
+        Err(ClientError::Refused(which.name().to_owned()))
     }
 
     /// No request outstanding and no transaction open.
@@ -727,6 +853,12 @@ impl Session<'_> {
                 }
             }
         }
+        self.attach(c).await;
+        Ok(true)
+    }
+
+    /// Makes `c` the client's server: cancels now reach it, the console shows the link.
+    async fn attach(&mut self, c: Checkout) {
         let sc = c.conn_ref();
         self.cancel
             .set(Some(CancelTarget {
@@ -742,7 +874,6 @@ impl Session<'_> {
             self.xact_start = Some(Instant::now());
         }
         self.server = Some(c);
-        Ok(true)
     }
 
     // ----- server → client -------------------------------------------------------------

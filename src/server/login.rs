@@ -1,14 +1,17 @@
 //! Opening a server connection: TCP connect under `server_connect_timeout`, StartupMessage,
-//! cleartext / md5 / SCRAM-SHA-256 authentication, then the parameters and backend key the
+//! cleartext / md5 / SCRAM-SHA-256 authentication (SCRAM with a password or with the keys a
+//! client's login left behind), then the parameters and backend key the
 //! server reports until its first ReadyForQuery.
 
 use super::{ServerConn, ServerError, ServerInfo};
+use crate::auth::{AuthError, LearnedCredentials, ScramKeysClient, ServerCredentials};
 use crate::net::Stream;
 use crate::net::{Conn, NetError};
 use crate::protocol::{build, tag, views};
 use bytes::BytesMut;
 use md5::{Digest, Md5};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{lookup_host, TcpStream};
 
@@ -19,6 +22,34 @@ pub enum ServerPassword {
     Plain(String),
     /// `md5` + md5(password + user), as stored by PostgreSQL and PgBouncer's auth_file.
     Md5(String),
+    /// Whatever the latest client login of this user left behind (SCRAM keys recovered from
+    /// its proof, or a secret from auth_query); empty until a client has logged in once.
+    Learned(Arc<LearnedCredentials>),
+}
+
+impl ServerPassword {
+    /// The credentials to use now.
+    fn current(&self) -> Option<ServerCredentials> {
+        match self {
+            ServerPassword::None => None,
+            ServerPassword::Plain(p) => Some(ServerCredentials::Plain(p.clone())),
+            ServerPassword::Md5(m) => Some(ServerCredentials::Md5(m.clone())),
+            ServerPassword::Learned(slot) => slot.get(),
+        }
+    }
+}
+
+/// A SCRAM exchange with the server, driven by a password or by pass-through keys.
+enum Sasl {
+    Password(ScramSha256),
+    Keys(ScramKeysClient),
+}
+
+fn scram_error(e: AuthError) -> ServerError {
+    ServerError::Scram(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        e.to_string(),
+    ))
 }
 
 /// Where and as whom to log in.
@@ -77,7 +108,7 @@ async fn login(server: &mut ServerConn, t: &ServerTarget) -> Result<(), ServerEr
         &[("user", &t.user), ("database", &t.dbname)],
     );
     server.conn.flush().await.map_err(NetError::Io)?;
-    let mut scram: Option<ScramSha256> = None;
+    let mut sasl: Option<Sasl> = None;
     loop {
         let f = server.conn.read_frame().await?;
         match f.tag() {
@@ -91,9 +122,8 @@ async fn login(server: &mut ServerConn, t: &ServerTarget) -> Result<(), ServerEr
                 match code {
                     0 => {}
                     3 => {
-                        let pw = match &t.password {
-                            ServerPassword::Plain(p) => p.clone(),
-                            _ => return Err(ServerError::NoPassword),
+                        let Some(ServerCredentials::Plain(pw)) = t.password.current() else {
+                            return Err(ServerError::NoPassword);
                         };
                         password_message(server, pw.as_bytes()).await?;
                     }
@@ -102,52 +132,68 @@ async fn login(server: &mut ServerConn, t: &ServerTarget) -> Result<(), ServerEr
                             .get(..4)
                             .and_then(|s| s.try_into().ok())
                             .ok_or(ServerError::Protocol("short md5 salt"))?;
-                        let hashed = match &t.password {
-                            ServerPassword::Plain(p) => {
+                        let hashed = match t.password.current() {
+                            Some(ServerCredentials::Plain(p)) => {
                                 postgres_protocol::authentication::md5_hash(
                                     t.user.as_bytes(),
                                     p.as_bytes(),
                                     salt,
                                 )
                             }
-                            ServerPassword::Md5(secret) => md5_from_secret(secret, salt),
-                            ServerPassword::None => return Err(ServerError::NoPassword),
+                            Some(ServerCredentials::Md5(secret)) => md5_from_secret(&secret, salt),
+                            Some(ServerCredentials::Scram(_)) | None => {
+                                return Err(ServerError::NoPassword)
+                            }
                         };
                         password_message(server, hashed.as_bytes()).await?;
                     }
                     10 => {
-                        let pw = match &t.password {
-                            ServerPassword::Plain(p) => p.clone(),
-                            _ => return Err(ServerError::NoPassword),
-                        };
                         if !mechanisms(rest).any(|m| m == b"SCRAM-SHA-256") {
                             return Err(ServerError::UnsupportedAuth(10));
                         }
-                        let s = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
-                        let first = s.message().to_vec();
+                        let (s, first) = match t.password.current() {
+                            Some(ServerCredentials::Plain(pw)) => {
+                                let s =
+                                    ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
+                                let first = s.message().to_vec();
+                                (Sasl::Password(s), first)
+                            }
+                            Some(ServerCredentials::Scram(keys)) => {
+                                let mut s = ScramKeysClient::new(keys);
+                                let first = s.client_first();
+                                (Sasl::Keys(s), first)
+                            }
+                            Some(ServerCredentials::Md5(_)) | None => {
+                                return Err(ServerError::NoPassword)
+                            }
+                        };
                         let mut body = BytesMut::new();
                         body.extend_from_slice(b"SCRAM-SHA-256\0");
                         body.extend_from_slice(&(first.len() as i32).to_be_bytes());
                         body.extend_from_slice(&first);
                         build::tagged(server.conn.out(), tag::PASSWORD, &body);
                         server.conn.flush().await.map_err(NetError::Io)?;
-                        scram = Some(s);
+                        sasl = Some(s);
                     }
                     11 => {
-                        let s = scram
-                            .as_mut()
-                            .ok_or(ServerError::Protocol("SASL continue without SASL"))?;
-                        s.update(rest).map_err(ServerError::Scram)?;
-                        let msg = s.message().to_vec();
+                        let msg = match sasl.as_mut() {
+                            Some(Sasl::Password(s)) => {
+                                s.update(rest).map_err(ServerError::Scram)?;
+                                s.message().to_vec()
+                            }
+                            Some(Sasl::Keys(s)) => s.server_first(rest).map_err(scram_error)?,
+                            None => {
+                                return Err(ServerError::Protocol("SASL continue without SASL"))
+                            }
+                        };
                         build::tagged(server.conn.out(), tag::PASSWORD, &msg);
                         server.conn.flush().await.map_err(NetError::Io)?;
                     }
-                    12 => {
-                        let s = scram
-                            .as_mut()
-                            .ok_or(ServerError::Protocol("SASL final without SASL"))?;
-                        s.finish(rest).map_err(ServerError::Scram)?;
-                    }
+                    12 => match sasl.as_mut() {
+                        Some(Sasl::Password(s)) => s.finish(rest).map_err(ServerError::Scram)?,
+                        Some(Sasl::Keys(s)) => s.server_final(rest).map_err(scram_error)?,
+                        None => return Err(ServerError::Protocol("SASL final without SASL")),
+                    },
                     other => return Err(ServerError::UnsupportedAuth(other)),
                 }
             }

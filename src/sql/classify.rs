@@ -4,34 +4,31 @@
 //! `Flags::opaque`, which makes the statement volatile — the classifier fails closed.
 
 use super::walk::Walker;
-use super::{Flags, Lookup, StatementKind};
+use super::{Analysis, Flags, Lookup, StatementKind};
 use sqlparser::ast::{BinaryOperator, Expr, SetExpr, Statement, TableFactor};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
+use std::sync::Arc;
 
-/// Everything the classifier derives from one statement text.
-pub(crate) struct Facts {
-    pub kind: StatementKind,
-    pub parsed: bool,
-    pub read_only: bool,
-    pub volatile: bool,
-    pub tables_read: Vec<String>,
-    pub tables_written: Vec<String>,
-    pub functions: Vec<String>,
-    pub flags: Flags,
-    pub lookup: Option<Lookup>,
-}
-
-/// Classifies `text`; `normalized` is its fingerprint text, `parse_safe` whether it may be
-/// handed to sqlparser, `multi_statement` what the lexer saw.
-pub(crate) fn classify(text: &str, normalized: &str, parse_safe: bool, multi: bool) -> Facts {
+/// Classifies `text` into its [`Analysis`]; `normalized` is its fingerprint text (with id
+/// `fingerprint`), `parse_safe` whether it may be handed to sqlparser, `multi` what the
+/// lexer saw.
+pub(crate) fn classify(
+    text: &str,
+    normalized: Arc<str>,
+    fingerprint: u64,
+    parse_safe: bool,
+    multi: bool,
+) -> Analysis {
     let statements = if parse_safe {
         Parser::parse_sql(&PostgreSqlDialect {}, text).ok()
     } else {
         None
     };
     let Some(statements) = statements else {
-        return Facts {
+        return Analysis {
+            fingerprint,
+            normalized,
             kind: StatementKind::Unknown,
             parsed: false,
             read_only: false,
@@ -54,7 +51,7 @@ pub(crate) fn classify(text: &str, normalized: &str, parse_safe: bool, multi: bo
         let (k, ro) = w.statement(s);
         if i == 0 {
             kind = if w.unmodelled {
-                kind_from_first_word(normalized)
+                kind_from_first_word(&normalized)
             } else {
                 k
             };
@@ -70,8 +67,10 @@ pub(crate) fn classify(text: &str, normalized: &str, parse_safe: bool, multi: bo
         && !flags.select_into
         && !flags.writable_cte
         && w.writes.is_empty();
-    let lookup = single_lookup(&statements, normalized, &mut w);
-    Facts {
+    let lookup = single_lookup(&statements, &normalized, &mut w);
+    Analysis {
+        fingerprint,
+        normalized,
         kind,
         parsed: true,
         read_only,

@@ -155,20 +155,14 @@ pub fn analyze_uncached(text: &str) -> Analysis {
 }
 
 fn build(text: &str, n: normalize::Normalized) -> Analysis {
-    let facts = classify::classify(text, &n.text, n.parse_safe, n.multi_statement);
-    Analysis {
-        fingerprint: hash::fingerprint_of(&n.text),
-        normalized: Arc::from(n.text),
-        kind: facts.kind,
-        parsed: facts.parsed,
-        read_only: facts.read_only,
-        volatile: facts.volatile,
-        tables_read: facts.tables_read,
-        tables_written: facts.tables_written,
-        functions: facts.functions,
-        flags: facts.flags,
-        lookup: facts.lookup,
-    }
+    let fingerprint = hash::fingerprint_of(&n.text);
+    classify::classify(
+        text,
+        Arc::from(n.text),
+        fingerprint,
+        n.parse_safe,
+        n.multi_statement,
+    )
 }
 
 /// Normalized text and fingerprint only (no parse): what [`SqlCache`] computes before it
