@@ -1,12 +1,14 @@
 //! Backend (server → pgferry) messages: the typed views of what servers send, and a whole
-//! server connection fed by a fake server over loopback TCP. pgferry logs in (trust, cleartext,
-//! md5 or SCRAM, chosen by the first input byte) and runs a hidden query; whatever bytes the
+//! server connection fed by a fake server over loopback TCP. pgferry logs in (no password,
+//! cleartext, md5, or SCRAM from keys learned at a client login — chosen by the first input
+//! byte) and runs a hidden query; whatever bytes the
 //! "server" sends, pgferry must end with a value or an error — no panic, no hang, no allocation
 //! beyond max_packet_size.
 #![no_main]
 
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
+use pgferry::auth::{scram_keys_from_password, LearnedCredentials, ScramSecret, ServerCredentials};
 use pgferry::config::{AuthType, Config, Database};
 use pgferry::pool::Pool;
 use pgferry::protocol::{split_frame, views, Frame, Split};
@@ -53,10 +55,16 @@ fn fake() -> &'static Fake {
         );
         let app = pgferry::app::App::new(config).expect("app");
         let base = rt.block_on(async { app.pool("shop", "app") }).expect("pool");
+        let learned = LearnedCredentials::default();
+        let secret = ScramSecret::from_password("pw");
+        learned.set(ServerCredentials::Scram(
+            scram_keys_from_password(&secret, b"pw").expect("keys"),
+        ));
         let pools = [
             ServerPassword::None,
             ServerPassword::Plain("pw".into()),
             ServerPassword::Md5(postgres_protocol::password::md5(b"pw", "app")),
+            ServerPassword::Learned(Arc::new(learned)),
         ]
         .into_iter()
         .map(|password| {
