@@ -345,7 +345,7 @@ async fn cross_talk_client(
                         "SELECT '{tag}', current_setting('application_name'), pg_sleep({nap} / 1000)"
                     ))
                     .await
-                    .map_err(|e| format!("client {id}: {e}"))?,
+                    .map_err(|e| format!("client {id}: {e:?}"))?,
                 );
                 if rows.len() != 1 {
                     return Err(format!("client {id}: {} rows", rows.len()));
@@ -360,7 +360,7 @@ async fn cross_talk_client(
                 let r = c
                     .query_one(&named, &[&tag, &nap])
                     .await
-                    .map_err(|e| format!("client {id}: {e}"))?;
+                    .map_err(|e| format!("client {id}: {e:?}"))?;
                 expect_tag(id, k, r.get(0))?;
                 let name: &str = r.get(1);
                 if name != app_name {
@@ -374,7 +374,7 @@ async fn cross_talk_client(
                     let rows = c
                         .query_typed("SELECT $1::text", &[(&tag, Type::TEXT)])
                         .await
-                        .map_err(|e| format!("client {id}: {e}"))?;
+                        .map_err(|e| format!("client {id}: {e:?}"))?;
                     expect_tag(id, k, rows[0].get(0))?;
                 }
                 c.batch_execute("COMMIT").await.map_err(|e| e.to_string())?;
@@ -391,7 +391,7 @@ async fn cross_talk_client(
                 let rows = c
                     .query_typed("SELECT $1::text", &[(&tag, Type::TEXT)])
                     .await
-                    .map_err(|e| format!("client {id}: {e}"))?;
+                    .map_err(|e| format!("client {id}: {e:?}"))?;
                 expect_tag(id, k, rows[0].get(0))?;
             }
             // A query cancelled with the client's cancel token once it runs on a server.
@@ -442,7 +442,7 @@ async fn cross_talk_client(
             &[(&format!("c{id}-k{rounds}"), Type::TEXT)],
         )
         .await
-        .map_err(|e| format!("client {id}: final query: {e}"))?;
+        .map_err(|e| format!("client {id}: final query: {e:?}"))?;
     expect_tag(id, rounds, r[0].get(0))?;
     Ok(cancels)
 }
