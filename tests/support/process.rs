@@ -56,16 +56,23 @@ pub struct Ferry {
 }
 
 impl Ferry {
-    /// Starts `pgferry ARGS` with its stderr in `dir/pgferry.log`, and waits (up to 20 s) until
-    /// it accepts TCP connections on `port`.
+    /// Starts `pgferry ARGS` with its output in `dir/pgferry.log` (log level info), and waits
+    /// (up to 20 s) until it accepts TCP connections on `port`.
     pub async fn spawn(args: &[&str], port: u16, dir: &Path) -> Ferry {
+        Ferry::spawn_env(args, port, dir, &[("PGFERRY_LOG", "info")]).await
+    }
+
+    /// Like [`Ferry::spawn`] with extra environment variables (e.g. `PGFERRY_LOG`).
+    pub async fn spawn_env(args: &[&str], port: u16, dir: &Path, env: &[(&str, &str)]) -> Ferry {
         let log = dir.join("pgferry.log");
+        // pgferry logs to stdout (tracing's default); keep stderr (panics) in the same file.
+        let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(BIN)
             .args(args)
-            .env("PGFERRY_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
             .spawn()
             .expect("spawn pgferry");
         let mut f = Ferry { child, port, log };
