@@ -229,10 +229,7 @@ async fn run(o: Options) -> bool {
             let _ = rlimit::setrlimit(rlimit::Resource::NOFILE, want.min(hard), hard);
         }
     }
-    println!(
-        "soak: {} clients, pool {}, {} s",
-        o.clients, o.pool, o.secs
-    );
+    println!("soak: {} clients, pool {}, {} s", o.clients, o.pool, o.secs);
     let pg = tokio::task::spawn_blocking(|| {
         let pg = PgCluster::start_with(ClusterOptions {
             max_connections: Some(100),
@@ -263,7 +260,11 @@ async fn run(o: Options) -> bool {
         .unwrap()
         .port();
     let userlist = dir.path().join("userlist.txt");
-    std::fs::write(&userlist, "\"app\" \"app-secret\"\n\"admin\" \"admin-secret\"\n").unwrap();
+    std::fs::write(
+        &userlist,
+        "\"app\" \"app-secret\"\n\"admin\" \"admin-secret\"\n",
+    )
+    .unwrap();
     let config = dir.path().join("pgferry.toml");
     std::fs::write(
         &config,
@@ -406,7 +407,10 @@ async fn run(o: Options) -> bool {
         total == i64::from(ACCOUNTS) * START_BALANCE,
         i64::from(ACCOUNTS) * START_BALANCE
     );
-    println!("  backends after       {backends} (pool {}), idle in transaction {dirty}", o.pool);
+    println!(
+        "  backends after       {backends} (pool {}), idle in transaction {dirty}",
+        o.pool
+    );
     println!("  pgferry alive        {alive}");
     drop(ferry);
     drop(pg);

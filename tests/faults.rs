@@ -369,9 +369,9 @@ async fn blackholed_server_fails_new_connections_within_server_connect_timeout()
     let r = timeout(Duration::from_secs(20), e.env.try_connect("app", "x"))
         .await
         .expect("login hung while the server is blackholed");
-    let err = r
-        .err()
-        .expect("login succeeded while the server is blackholed");
+    let Err(err) = r else {
+        panic!("login succeeded while the server is blackholed");
+    };
     let took = t.elapsed().as_secs_f64();
     assert!(err.code().is_some(), "no ErrorResponse: {err:?}");
     assert!(
@@ -395,9 +395,9 @@ async fn blackholed_server_fails_new_connections_within_server_connect_timeout()
     )
     .await
     .expect("query hung while the server is blackholed");
-    let err = r
-        .err()
-        .expect("query succeeded while the server is blackholed");
+    let Err(err) = r else {
+        panic!("query succeeded while the server is blackholed");
+    };
     let took = t.elapsed().as_secs_f64();
     assert_eq!(
         sqlstate(&err).as_deref(),
