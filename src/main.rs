@@ -117,10 +117,18 @@ fn runtime(workers: u32) -> Option<tokio::runtime::Runtime> {
     }
 }
 
+/// Logs go to stderr. Libraries that echo SQL text at debug level (which may carry a password
+/// literal) are held at `info` whatever `PGFERRY_LOG` asks for.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PGFERRY_LOG")
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("PGFERRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    for quiet in ["sqlparser=info", "tokio_postgres=info"] {
+        if let Ok(d) = quiet.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(filter)
         .with_target(false)
         .init();

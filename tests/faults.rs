@@ -360,6 +360,9 @@ async fn blackholed_server_fails_new_connections_within_server_connect_timeout()
     let e = relay_env(2, |c| {
         c.pgferry.server_connect_timeout = CONNECT_TIMEOUT;
         c.pgferry.query_wait_timeout = WAIT_TIMEOUT;
+        // After a failed server login, new logins fail fast until server_login_retry has
+        // passed (as PgBouncer); keep that short so recovery is quick to see.
+        c.pgferry.server_login_retry = 0.5;
     })
     .await;
 
@@ -704,4 +707,46 @@ async fn client_that_never_reads_a_huge_result_does_not_grow_pgferry() {
         .assert_clean("after a client that stopped reading")
         .await;
     drop(pg);
+}
+
+/// The message sequence behind the tokio-postgres test above: an extended-protocol COPY has no
+/// Sync outstanding while data flows, so the error must come at once, and the client's later
+/// CopyData / CopyDone / Sync get exactly one ReadyForQuery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_killed_mid_extended_copy_errors_at_once_then_one_ready() {
+    let (env, probe) = plain_env(2).await;
+    let direct = env.direct().await;
+    direct
+        .batch_execute("CREATE TABLE sink (id int, payload text); ALTER TABLE sink OWNER TO app")
+        .await
+        .unwrap();
+    let mut r = Raw::ready(env.addr).await;
+    let mut b = raw::parse("", "COPY sink (id, payload) FROM STDIN");
+    b.extend(raw::bind("", "", &[]));
+    b.extend(raw::execute("", 0));
+    b.extend(raw::sync());
+    r.send(&b).await;
+    assert_eq!(r.expect_msg().await.tag, b'1');
+    assert_eq!(r.expect_msg().await.tag, b'2');
+    assert_eq!(r.expect_msg().await.tag, b'G');
+    r.send(&raw::msg(b'd', b"1\tfirst\n")).await;
+    let pid = running_backend(&direct, "COPY sink%").await;
+    terminate(&direct, pid).await;
+    let err = r.expect_msg().await;
+    assert_eq!(err.tag, b'E');
+    assert_eq!(err.sqlstate().as_deref(), Some("57P01"));
+    // What the client had in flight, then its copy end and Sync: one ReadyForQuery, no error.
+    let mut b = raw::msg(b'd', b"2\tlate\n");
+    b.extend(raw::msg(b'c', b""));
+    b.extend(raw::sync());
+    r.send(&b).await;
+    let msgs = r.until_ready().await;
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    assert_eq!(msgs[0].ready_status(), b'I');
+    assert_eq!(
+        r.simple("SELECT count(*) FROM sink").await,
+        [Some("0".into())]
+    );
+    drop(r);
+    probe.assert_clean("after an extended COPY kill").await;
 }

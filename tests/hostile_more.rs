@@ -142,8 +142,10 @@ async fn ten_thousand_connections_at_once() {
     );
 
     drop(held);
+    // Well inside client_login_timeout (120 s): closed connections are noticed, not timed out.
+    // The margin is for a loaded CI machine working through 10,000 closes.
     assert!(
-        eventually(Duration::from_secs(30), || async {
+        eventually(Duration::from_secs(90), || async {
             lists(&admin).await["used_clients"] <= 2
         })
         .await,

@@ -38,7 +38,7 @@ fn write_config(dir: &Path, pg_port: u16, listen_addr: &str, port: u16, general:
 /// listeners (a sibling may already answer on the same port, so connecting proves nothing).
 async fn spawn(config: &Path, dir: &Path, port: u16) -> Ferry {
     let log = dir.join("pgferry.log");
-    // Logs go to stdout, errors to stderr: both into the one file.
+    // Logs go to stderr, the report to stdout: both into the one file.
     let file = std::fs::File::create(&log).unwrap();
     let child = Command::new(process::BIN)
         .args(["--config", config.to_str().unwrap()])

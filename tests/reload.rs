@@ -179,7 +179,7 @@ async fn a_changed_port_moves_new_server_connections() {
     assert!(
         notes
             .iter()
-            .any(|n| n.contains("server address or credentials changed")),
+            .any(|n| n.contains("server address, credentials or TLS settings changed")),
         "{notes:?}"
     );
     // The connected client carries on, on a server reached through the new port.

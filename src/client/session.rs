@@ -1244,6 +1244,7 @@ impl Session<'_> {
     /// transaction, or in session mode, its state is gone: it gets FATAL and is disconnected.
     async fn server_lost_with(&mut self, code: &str, why: &str) -> Result<(), ClientError> {
         let pending = std::mem::take(&mut self.pending);
+        let in_copy_in = self.copy_in_until.is_some();
         self.server = None; // dropped: closed, never returned to the pool
         self.cancel.set(None).await;
         self.info.server.store(0, Ordering::Relaxed);
@@ -1268,7 +1269,10 @@ impl Session<'_> {
         }
         self.errored = false;
         self.skipping = false;
-        if self.unsynced {
+        // An extended-protocol COPY FROM STDIN has no Sync outstanding (the server ignores
+        // those sent before the copy ends): the client is still sending data and will send
+        // its Sync after CopyDone. It gets the error now; the rest up to that Sync is dropped.
+        if self.unsynced || (in_copy_in && first) {
             // Extended messages still waiting for their Sync: fail them, answer the Sync.
             self.unsynced = false;
             self.local_error(code, why);

@@ -65,7 +65,7 @@ impl Ferry {
     /// Like [`Ferry::spawn`] with extra environment variables (e.g. `PGFERRY_LOG`).
     pub async fn spawn_env(args: &[&str], port: u16, dir: &Path, env: &[(&str, &str)]) -> Ferry {
         let log = dir.join("pgferry.log");
-        // pgferry logs to stdout (tracing's default); keep stderr (panics) in the same file.
+        // pgferry logs to stderr; its stdout (the demo's report) goes to the same file.
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(BIN)
             .args(args)
