@@ -261,6 +261,67 @@ async fn cancel_reaches_only_the_right_query() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_while_waiting_for_a_server_answers_57014_and_nothing_runs() {
+    let env = env(PoolMode::Transaction, 1, |_| {}).await;
+    let direct = env.direct().await;
+    direct
+        .batch_execute("CREATE TABLE waited (n int); GRANT ALL ON waited TO app")
+        .await
+        .unwrap();
+    // The only server is busy with another client's transaction.
+    let holder = env.connect().await;
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let waiter = env.connect().await;
+    let token = waiter.cancel_token();
+    let queued = tokio::spawn(async move {
+        let r = waiter
+            .simple_query("INSERT INTO waited VALUES (1)")
+            .await
+            .map(|_| ());
+        (r, waiter)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t0 = Instant::now();
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let (r, waiter) = tokio::time::timeout(Duration::from_secs(5), queued)
+        .await
+        .expect("the cancelled request kept waiting for a server")
+        .unwrap();
+    let err = r.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("57014"), "{err:?}");
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    // The request never ran, not even once the server became free.
+    holder.batch_execute("COMMIT").await.unwrap();
+    let n: i64 = waiter
+        .query_one("SELECT count(*) FROM waited", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    // Extended protocol: the same, and the session goes on.
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let token = waiter.cancel_token();
+    let queued = tokio::spawn(async move {
+        let r = waiter
+            .execute("INSERT INTO waited VALUES ($1)", &[&2i32])
+            .await
+            .map(|_| ());
+        (r, waiter)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let (r, waiter) = queued.await.unwrap();
+    assert_eq!(sqlstate(&r.unwrap_err()).as_deref(), Some("57014"));
+    holder.batch_execute("COMMIT").await.unwrap();
+    let n: i64 = waiter
+        .query_one("SELECT count(*) FROM waited", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_killed_mid_transaction_leaves_no_lock_behind() {
     let env = env(PoolMode::Transaction, 2, |_| {}).await;
     let direct = env.direct().await;

@@ -1,6 +1,7 @@
 //! Cancel keys: every client gets pgferry's own BackendKeyData; a CancelRequest carrying it is
-//! forwarded, over a new connection, to the server running that client's query — and dropped
-//! when the client has none. A client cannot give its server back while a cancel for it is
+//! forwarded, over a new connection, to the server running that client's query. When the
+//! client has no server, a request of its still waiting for one is answered with 57014 (it
+//! never runs); otherwise the cancel is dropped. A client cannot give its server back while a cancel for it is
 //! being delivered, so a late cancel never lands on another client's query.
 
 use crate::protocol::build;
@@ -25,11 +26,20 @@ pub struct CancelTarget {
 #[derive(Debug, Default)]
 pub struct CancelSlot {
     target: Mutex<Option<CancelTarget>>,
+    /// Told when a cancel arrives while the client has no server: a request still waiting
+    /// for one is then answered with 57014 without ever running.
+    waiting: tokio::sync::Notify,
 }
 
 impl CancelSlot {
     pub async fn set(&self, t: Option<CancelTarget>) {
         *self.target.lock().await = t;
+    }
+
+    /// Completes when a cancel arrives for this client while it has no server. Only cancels
+    /// sent after this future was created count.
+    pub fn cancelled_while_waiting(&self) -> tokio::sync::futures::Notified<'_> {
+        self.waiting.notified()
     }
 }
 
@@ -95,7 +105,11 @@ impl CancelRegistry {
         };
         // Hold the slot while delivering: the client cannot release its server meanwhile.
         let guard = slot.target.lock().await;
-        let Some(t) = *guard else { return false };
+        let Some(t) = *guard else {
+            // No server: a request waiting for one (if any) is cancelled before it runs.
+            slot.waiting.notify_waiters();
+            return false;
+        };
         let sent = send_cancel_bounded(t, wait).await;
         drop(guard);
         sent

@@ -780,12 +780,25 @@ impl Session<'_> {
             return Ok(true);
         }
         self.info.set_state(ClientState::Waiting);
-        // KILL / KILL_CLIENT also reach a client that is waiting for a server.
+        // KILL / KILL_CLIENT also reach a client that is waiting for a server, and so does
+        // the client's own CancelRequest: the request is answered as cancelled, never run.
+        let cancel = self.cancel.clone();
         let checkout = tokio::select! {
             c = self.pool.checkout() => c,
             _ = self.info.kill.notified() => {
                 self.info.set_state(ClientState::Idle);
                 return self.killed().await.map(|_| false);
+            }
+            _ = cancel.cancelled_while_waiting() => {
+                self.info.set_state(ClientState::Idle);
+                let msg = "canceling statement due to user request";
+                if extended {
+                    self.local_error("57014", msg);
+                } else {
+                    build::error(self.client.out(), Severity::Error, "57014", msg);
+                    build::ready_for_query(self.client.out(), self.tx);
+                }
+                return Ok(false);
             }
         };
         self.info.set_state(ClientState::Idle);
