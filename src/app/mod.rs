@@ -588,10 +588,13 @@ fn spawn_client(
         }
     }
     let guard = live.enter();
-    let serve = crate::client::serve(app.clone(), stream, peer);
+    let app = app.clone();
+    // The serve future is built inside the task: a future captured by an async block and then
+    // awaited occupies the task twice (as the capture and as the awaited local), which doubled
+    // the memory of every idle client.
     tokio::spawn(async move {
-        serve.await;
-        drop(guard);
+        let _guard = guard;
+        crate::client::serve(app, stream, peer).await;
     });
 }
 
