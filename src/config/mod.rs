@@ -156,23 +156,79 @@ impl Config {
         let g = &self.pgferry;
         [
             (&g.pkt_buf, "pkt_buf", "buffers grow to fit each message"),
-            (&g.sbuf_loopcnt, "sbuf_loopcnt", "the tokio scheduler keeps connections fair"),
-            (&g.tcp_defer_accept, "tcp_defer_accept", "the socket option is not set"),
-            (&g.suspend_timeout, "suspend_timeout", "there is no SUSPEND / online restart"),
-            (&g.dns_max_ttl, "dns_max_ttl", "host names are resolved on every new server connection"),
-            (&g.dns_nxdomain_ttl, "dns_nxdomain_ttl", "host names are resolved on every new server connection"),
-            (&g.dns_zone_check_period, "dns_zone_check_period", "there is no DNS zone polling"),
+            (
+                &g.sbuf_loopcnt,
+                "sbuf_loopcnt",
+                "the tokio scheduler keeps connections fair",
+            ),
+            (
+                &g.tcp_defer_accept,
+                "tcp_defer_accept",
+                "the socket option is not set",
+            ),
+            (
+                &g.suspend_timeout,
+                "suspend_timeout",
+                "there is no SUSPEND / online restart",
+            ),
+            (
+                &g.dns_max_ttl,
+                "dns_max_ttl",
+                "host names are resolved on every new server connection",
+            ),
+            (
+                &g.dns_nxdomain_ttl,
+                "dns_nxdomain_ttl",
+                "host names are resolved on every new server connection",
+            ),
+            (
+                &g.dns_zone_check_period,
+                "dns_zone_check_period",
+                "there is no DNS zone polling",
+            ),
             (&g.resolv_conf, "resolv_conf", "the system resolver is used"),
-            (&g.autodb_idle_timeout, "autodb_idle_timeout", "there is no \"*\" auto-database"),
-            (&g.pool_idle_timeout, "pool_idle_timeout", "pools are kept until their database is removed"),
-            (&g.disable_pqexec, "disable_pqexec", "the simple query protocol is always allowed"),
-            (&g.server_fast_close, "server_fast_close", "session-mode servers of a changed target close when their client leaves"),
+            (
+                &g.autodb_idle_timeout,
+                "autodb_idle_timeout",
+                "there is no \"*\" auto-database",
+            ),
+            (
+                &g.pool_idle_timeout,
+                "pool_idle_timeout",
+                "pools are kept until their database is removed",
+            ),
+            (
+                &g.disable_pqexec,
+                "disable_pqexec",
+                "the simple query protocol is always allowed",
+            ),
+            (
+                &g.server_fast_close,
+                "server_fast_close",
+                "session-mode servers of a changed target close when their client leaves",
+            ),
             (&g.syslog, "syslog", "logs go to stderr and logfile"),
-            (&g.syslog_ident, "syslog_ident", "logs go to stderr and logfile"),
-            (&g.syslog_facility, "syslog_facility", "logs go to stderr and logfile"),
+            (
+                &g.syslog_ident,
+                "syslog_ident",
+                "logs go to stderr and logfile",
+            ),
+            (
+                &g.syslog_facility,
+                "syslog_facility",
+                "logs go to stderr and logfile",
+            ),
             (&g.job_name, "job_name", "it names a Windows service"),
-            (&g.service_name, "service_name", "it names a Windows service"),
-            (&g.conffile, "conffile", "the file given with --config is the one RELOAD reads"),
+            (
+                &g.service_name,
+                "service_name",
+                "it names a Windows service",
+            ),
+            (
+                &g.conffile,
+                "conffile",
+                "the file given with --config is the one RELOAD reads",
+            ),
         ]
         .into_iter()
         .filter(|(v, _, _)| v.is_some())

@@ -235,7 +235,10 @@ fn validation_falls_back_to_header_line() {
 #[test]
 fn fractional_and_integer_timeouts() {
     let c = parse(&format!("{MINIMAL}[users.a]\nquery_wait_timeout = 2\n")).unwrap();
-    assert_eq!(c.query_wait_timeout_for("db", "a"), Some(Duration::from_secs(2)));
+    assert_eq!(
+        c.query_wait_timeout_for("db", "a"),
+        Some(Duration::from_secs(2))
+    );
     let text = MINIMAL.replace(
         "[pgferry]\n",
         "[pgferry]\nquery_wait_timeout = 0.5\nquery_timeout = 0\n",

@@ -74,8 +74,15 @@ impl Config {
                     return Err(msg(key(field), "must not contain a NUL character"));
                 }
             }
-            if db.connect_query.as_deref().is_some_and(|q| q.contains('\0')) {
-                return Err(msg(key("connect_query"), "must not contain a NUL character"));
+            if db
+                .connect_query
+                .as_deref()
+                .is_some_and(|q| q.contains('\0'))
+            {
+                return Err(msg(
+                    key("connect_query"),
+                    "must not contain a NUL character",
+                ));
             }
         }
         for (name, user) in &self.users {
@@ -113,12 +120,31 @@ impl Config {
         for (field, value, accepted) in [
             ("client_tls_ciphers", &g.client_tls_ciphers, CIPHER_DEFAULTS),
             ("server_tls_ciphers", &g.server_tls_ciphers, CIPHER_DEFAULTS),
-            ("client_tls13_ciphers", &g.client_tls13_ciphers, TLS13_CIPHER_DEFAULTS),
-            ("server_tls13_ciphers", &g.server_tls13_ciphers, TLS13_CIPHER_DEFAULTS),
-            ("client_tls_ecdhcurve", &g.client_tls_ecdhcurve, CURVE_DEFAULTS),
-            ("client_tls_dheparams", &g.client_tls_dheparams, CURVE_DEFAULTS),
+            (
+                "client_tls13_ciphers",
+                &g.client_tls13_ciphers,
+                TLS13_CIPHER_DEFAULTS,
+            ),
+            (
+                "server_tls13_ciphers",
+                &g.server_tls13_ciphers,
+                TLS13_CIPHER_DEFAULTS,
+            ),
+            (
+                "client_tls_ecdhcurve",
+                &g.client_tls_ecdhcurve,
+                CURVE_DEFAULTS,
+            ),
+            (
+                "client_tls_dheparams",
+                &g.client_tls_dheparams,
+                CURVE_DEFAULTS,
+            ),
         ] {
-            if !accepted.iter().any(|a| a.eq_ignore_ascii_case(value.trim())) {
+            if !accepted
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(value.trim()))
+            {
                 return Err(msg(
                     key(field),
                     format!(

@@ -78,7 +78,10 @@ mod tests {
             ..General::default()
         };
         TcpTuning::from_config(&g).apply(&default).unwrap();
-        assert_eq!(SockRef::from(&default).recv_buffer_size().unwrap(), default_rcv);
+        assert_eq!(
+            SockRef::from(&default).recv_buffer_size().unwrap(),
+            default_rcv
+        );
         let s = TcpStream::connect(addr).await.unwrap();
         let g = General {
             tcp_socket_buffer: 24_576,
