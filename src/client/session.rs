@@ -780,12 +780,32 @@ impl Session<'_> {
             return Ok(true);
         }
         self.info.set_state(ClientState::Waiting);
-        // KILL / KILL_CLIENT also reach a client that is waiting for a server.
-        let checkout = tokio::select! {
-            c = self.pool.checkout() => c,
-            _ = self.info.kill.notified() => {
-                self.info.set_state(ClientState::Idle);
-                return self.killed().await.map(|_| false);
+        // KILL / KILL_CLIENT also reach a client that is waiting for a server; a client
+        // waiting longer than query_wait_notify is told so once (PgBouncer's NOTICE).
+        let notify = crate::config::secs(self.app.config.load().pgferry.query_wait_notify);
+        let pool = self.pool.clone();
+        let checkout = pool.checkout();
+        tokio::pin!(checkout);
+        let mut notified = notify.is_none();
+        let notify_at = tokio::time::sleep(notify.unwrap_or_default());
+        tokio::pin!(notify_at);
+        let checkout = loop {
+            tokio::select! {
+                c = &mut checkout => break c,
+                _ = self.info.kill.notified() => {
+                    self.info.set_state(ClientState::Idle);
+                    return self.killed().await.map(|_| false);
+                }
+                _ = &mut notify_at, if !notified => {
+                    notified = true;
+                    build::notice(
+                        self.client.out(),
+                        Severity::Notice,
+                        "00000",
+                        "No server connection available in postgres backend, client being queued",
+                    );
+                    self.client.flush().await?;
+                }
             }
         };
         self.info.set_state(ClientState::Idle);

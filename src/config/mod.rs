@@ -233,6 +233,14 @@ impl Config {
         .into_iter()
         .filter(|(v, _, _)| v.is_some())
         .map(|(_, name, why)| (name, why))
+        .chain((g.scram_iterations != 4096).then_some((
+            "scram_iterations",
+            "SCRAM secrets derived from plain auth_file passwords always use 4096 iterations",
+        )))
+        .chain((!g.log_pooler_errors).then_some((
+            "log_pooler_errors",
+            "pgferry does not log the errors it sends separately; log_disconnections gives the reason a client was closed",
+        )))
         .collect()
     }
 
