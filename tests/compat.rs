@@ -114,7 +114,9 @@ async fn database_settings_and_notices_reach_clients() {
         "host=127.0.0.1 port={} user=app password={APP_PW} dbname=shop connect_timeout=10",
         broken.addr.port()
     );
-    let err = connect_url(&url).await.err().expect("login must fail");
+    let Err(err) = connect_url(&url).await else {
+        panic!("login must fail")
+    };
     assert!(
         err.to_string().contains("connect_query") || format!("{err:?}").contains("connect_query"),
         "{err:?}"
@@ -168,7 +170,9 @@ async fn pidfile_logfile_and_ineffective_settings() {
     assert_eq!(written.trim(), first.pid().to_string());
     let warning = "setting pkt_buf has no effect in pgferry";
     assert!(first.log_text().contains(warning), "{}", first.log_text());
-    assert!(first.log_text().contains("setting sbuf_loopcnt has no effect"));
+    assert!(first
+        .log_text()
+        .contains("setting sbuf_loopcnt has no effect"));
     let file_text = std::fs::read_to_string(&logfile).unwrap();
     assert!(file_text.contains(warning), "logfile: {file_text}");
 
@@ -205,7 +209,10 @@ async fn check_config_refuses_what_pgferry_cannot_honour() {
     let dir = tempfile::tempdir().unwrap();
     for (general, words) in [
         ("client_tls_protocols = \"tlsv1.0\"", "TLS 1.2 and 1.3"),
-        ("auth_hba_file = \"/etc/pgbouncer/hba.conf\"", "auth_hba_file"),
+        (
+            "auth_hba_file = \"/etc/pgbouncer/hba.conf\"",
+            "auth_hba_file",
+        ),
     ] {
         let config = process::write_config(dir.path(), 1, 1, general, "");
         let out = std::process::Command::new(process::BIN)

@@ -486,30 +486,84 @@ fn pgbouncer_settings_without_effect_load_and_are_listed() {
     );
     let c = parse(&text).unwrap();
     let names: Vec<&str> = c.ineffective_settings().iter().map(|(n, _)| *n).collect();
-    assert_eq!(names, ["pkt_buf", "tcp_defer_accept", "resolv_conf", "syslog"]);
+    assert_eq!(
+        names,
+        ["pkt_buf", "tcp_defer_accept", "resolv_conf", "syslog"]
+    );
     assert!(parse(MINIMAL).unwrap().ineffective_settings().is_empty());
 }
 
 #[test]
 fn unsafe_pgbouncer_settings_are_refused_with_a_reason() {
     for (line, key, words) in [
-        ("auth_type = \"hba\"", "auth_type", "not supported by pgferry"),
+        (
+            "auth_type = \"hba\"",
+            "auth_type",
+            "not supported by pgferry",
+        ),
         ("auth_type = \"pam\"", "auth_type", "PAM"),
         ("auth_type = \"ldap\"", "auth_type", "LDAP"),
-        ("auth_hba_file = \"/etc/hba\"", "pgferry.auth_hba_file", "not supported"),
-        ("auth_ident_file = \"/etc/ident\"", "pgferry.auth_ident_file", "not supported"),
-        ("auth_ldap_options = \"x\"", "pgferry.auth_ldap_options", "LDAP"),
-        ("unix_socket_group = \"pg\"", "pgferry.unix_socket_group", "group"),
-        ("user = \"postgres\"", "pgferry.user", "does not switch user"),
+        (
+            "auth_hba_file = \"/etc/hba\"",
+            "pgferry.auth_hba_file",
+            "not supported",
+        ),
+        (
+            "auth_ident_file = \"/etc/ident\"",
+            "pgferry.auth_ident_file",
+            "not supported",
+        ),
+        (
+            "auth_ldap_options = \"x\"",
+            "pgferry.auth_ldap_options",
+            "LDAP",
+        ),
+        (
+            "unix_socket_group = \"pg\"",
+            "pgferry.unix_socket_group",
+            "group",
+        ),
+        (
+            "user = \"postgres\"",
+            "pgferry.user",
+            "does not switch user",
+        ),
         ("peer_id = 3", "pgferry.peer_id", "peering"),
-        ("client_tls_protocols = \"tlsv1.0\"", "pgferry.client_tls_protocols", "TLS 1.2 and 1.3"),
-        ("server_tls_protocols = \"legacy\"", "pgferry.server_tls_protocols", "TLS 1.2 and 1.3"),
-        ("client_tls_ciphers = \"HIGH:!aNULL\"", "pgferry.client_tls_ciphers", "rustls' safe defaults"),
-        ("server_tls13_ciphers = \"TLS_AES_128_CCM_SHA256\"", "pgferry.server_tls13_ciphers", "rustls"),
-        ("client_tls_ecdhcurve = \"prime256v1\"", "pgferry.client_tls_ecdhcurve", "rustls"),
-        ("client_tls_dheparams = \"legacy\"", "pgferry.client_tls_dheparams", "rustls"),
+        (
+            "client_tls_protocols = \"tlsv1.0\"",
+            "pgferry.client_tls_protocols",
+            "TLS 1.2 and 1.3",
+        ),
+        (
+            "server_tls_protocols = \"legacy\"",
+            "pgferry.server_tls_protocols",
+            "TLS 1.2 and 1.3",
+        ),
+        (
+            "client_tls_ciphers = \"HIGH:!aNULL\"",
+            "pgferry.client_tls_ciphers",
+            "rustls' safe defaults",
+        ),
+        (
+            "server_tls13_ciphers = \"TLS_AES_128_CCM_SHA256\"",
+            "pgferry.server_tls13_ciphers",
+            "rustls",
+        ),
+        (
+            "client_tls_ecdhcurve = \"prime256v1\"",
+            "pgferry.client_tls_ecdhcurve",
+            "rustls",
+        ),
+        (
+            "client_tls_dheparams = \"legacy\"",
+            "pgferry.client_tls_dheparams",
+            "rustls",
+        ),
     ] {
-        let text = MINIMAL.replace("auth_type = \"trust\"\n", &format!("auth_type = \"trust\"\n{line}\n"));
+        let text = MINIMAL.replace(
+            "auth_type = \"trust\"\n",
+            &format!("auth_type = \"trust\"\n{line}\n"),
+        );
         let text = if line.starts_with("auth_type") {
             MINIMAL.replace("auth_type = \"trust\"", line)
         } else {
@@ -564,9 +618,18 @@ fn database_settings_from_pgbouncer() {
         ]
     );
     // user > database > general
-    assert_eq!(c.query_wait_timeout_for("shop", "a"), Some(Duration::from_secs(2)));
-    assert_eq!(c.query_wait_timeout_for("shop", "b"), Some(Duration::from_secs(7)));
-    assert_eq!(c.query_wait_timeout_for("other", "b"), Some(Duration::from_secs(120)));
+    assert_eq!(
+        c.query_wait_timeout_for("shop", "a"),
+        Some(Duration::from_secs(2))
+    );
+    assert_eq!(
+        c.query_wait_timeout_for("shop", "b"),
+        Some(Duration::from_secs(7))
+    );
+    assert_eq!(
+        c.query_wait_timeout_for("other", "b"),
+        Some(Duration::from_secs(120))
+    );
     let bad = format!("{MINIMAL}load_balance_hosts = \"random\"\n");
     assert!(parse_err(&bad).to_string().contains("load_balance_hosts"));
 }
