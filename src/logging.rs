@@ -31,6 +31,11 @@ pub fn level_for(verbose: u32) -> &'static str {
 pub fn init(verbose: u32, logfile: Option<&Path>) -> io::Result<Option<Arc<LogFile>>> {
     let filter = EnvFilter::try_from_env("PGFERRY_LOG")
         .unwrap_or_else(|_| EnvFilter::new(level_for(verbose)));
+    // sqlparser logs the SQL text it parses at debug level: statements may carry passwords.
+    let filter = match "sqlparser=warn".parse() {
+        Ok(d) => filter.add_directive(d),
+        Err(_) => filter,
+    };
     let file = logfile.map(LogFile::open).transpose()?.map(Arc::new);
     let file_layer = file.clone().map(|f| {
         tracing_subscriber::fmt::layer()
