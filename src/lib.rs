@@ -9,6 +9,7 @@
 //! - [`client`]: one task per client: startup, routing, transaction-mode bookkeeping
 //! - [`config`]: TOML schema and validation
 //! - [`app`]: shared state, listener, cancel registry, shutdown
+//! - [`logging`]: the log subscriber (stderr + logfile), the pid file
 //! - [`testkit`]: throwaway PostgreSQL clusters for tests and the demo
 
 pub mod admin;
@@ -18,6 +19,7 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod insight;
+pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod pool;

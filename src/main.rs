@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use pgferry::config::{Config, PoolMode};
+use pgferry::logging;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +26,9 @@ struct Cli {
     /// Server connections per (database, user) (with --upstream).
     #[arg(long, default_value_t = 20)]
     pool_size: u32,
+    /// More log detail: -v = debug, -vv = trace (adds to `verbose`; PGFERRY_LOG wins over both).
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -39,9 +43,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
     match cli.command {
-        Some(Command::CheckConfig { file }) => match Config::load(&file) {
+        Some(Command::CheckConfig { file }) => match init_logging(u32::from(cli.verbose))
+            .and_then(|_| Config::load(&file).map_err(|e| e.to_string()))
+        {
             Ok(c) => {
                 println!(
                     "{}: ok ({} database(s), pool_mode = {})",
@@ -56,45 +61,96 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Some(Command::Demo(args)) => runtime(0).map_or(ExitCode::FAILURE, |rt| {
-            match rt.block_on(pgferry::demo::run(args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("demo failed: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }),
-        None => {
-            let config = match (&cli.config, &cli.upstream) {
-                (Some(path), _) => Config::load(path),
-                (None, Some(url)) => {
-                    Config::from_upstream(url, cli.listen, cli.pool_mode, cli.pool_size)
-                }
-                (None, None) => {
-                    eprintln!("pgferry: give --config FILE or --upstream URL (see --help)");
-                    return ExitCode::from(64);
-                }
-            };
-            let config = match config {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(64);
-                }
-            };
-            let Some(rt) = runtime(config.pgferry.workers) else {
+        Some(Command::Demo(args)) => {
+            if let Err(e) = init_logging(u32::from(cli.verbose)) {
+                eprintln!("{e}");
                 return ExitCode::FAILURE;
-            };
-            match rt.block_on(pgferry::app::run_until_signal(config)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("pgferry: {e}");
-                    ExitCode::FAILURE
-                }
+            }
+            demo(args)
+        }
+        None => run(&cli),
+    }
+}
+
+fn demo(args: pgferry::demo::DemoArgs) -> ExitCode {
+    runtime(0).map_or(ExitCode::FAILURE, |rt| {
+        match rt.block_on(pgferry::demo::run(args)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("demo failed: {e}");
+                ExitCode::FAILURE
             }
         }
+    })
+}
+
+/// Runs the pooler: configuration, logging, pid file, then the app until a signal.
+fn run(cli: &Cli) -> ExitCode {
+    let config = match (&cli.config, &cli.upstream) {
+        (Some(path), _) => Config::load(path),
+        (None, Some(url)) => Config::from_upstream(url, cli.listen, cli.pool_mode, cli.pool_size),
+        (None, None) => {
+            eprintln!("pgferry: give --config FILE or --upstream URL (see --help)");
+            return ExitCode::from(64);
+        }
+    };
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(64);
+        }
+    };
+    let g = &config.pgferry;
+    let logfile = match logging::init(g.verbose + u32::from(cli.verbose), g.logfile.as_deref()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("pgferry: cannot open logfile: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for (name, why) in config.ineffective_settings() {
+        tracing::warn!("setting {name} has no effect in pgferry: {why}");
     }
+    let _pidfile = match g.pidfile.as_deref().map(logging::PidFile::create) {
+        Some(Err(e)) => {
+            eprintln!("pgferry: {e}");
+            return ExitCode::FAILURE;
+        }
+        Some(Ok(p)) => Some(p),
+        None => None,
+    };
+    let Some(rt) = runtime(config.pgferry.workers) else {
+        return ExitCode::FAILURE;
+    };
+    match rt.block_on(async move {
+        if let Some(f) = logfile {
+            reopen_on_hangup(f);
+        }
+        pgferry::app::run_until_signal(config).await
+    }) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgferry: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Reopens the log file on SIGHUP (RELOAD's signal), so a rotated file is let go at once;
+/// the file also follows a rotation by itself within a second.
+fn reopen_on_hangup(file: std::sync::Arc<logging::LogFile>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            if let Err(e) = file.reopen() {
+                tracing::warn!(path = %file.path().display(), "cannot reopen logfile: {e}");
+            }
+        }
+    });
 }
 
 /// `workers = 1` runs everything on one thread (no cross-thread wakeups: on a small machine
@@ -117,19 +173,9 @@ fn runtime(workers: u32) -> Option<tokio::runtime::Runtime> {
     }
 }
 
-/// Logs go to stderr. Libraries that echo SQL text at debug level (which may carry a password
-/// literal) are held at `info` whatever `PGFERRY_LOG` asks for.
-fn init_logging() {
-    let mut filter = tracing_subscriber::EnvFilter::try_from_env("PGFERRY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    for quiet in ["sqlparser=info", "tokio_postgres=info"] {
-        if let Ok(d) = quiet.parse() {
-            filter = filter.add_directive(d);
-        }
-    }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(filter)
-        .with_target(false)
-        .init();
+/// Logging for the subcommands: stderr only.
+fn init_logging(verbose: u32) -> Result<(), String> {
+    logging::init(verbose, None)
+        .map(|_| ())
+        .map_err(|e| format!("pgferry: cannot set up logging: {e}"))
 }

@@ -273,13 +273,17 @@ impl App {
             max_prepared: g.max_prepared_statements.max(1) as usize,
             tls: self.tls.clone(),
             tls_settings: format!(
-                "{:?} {:?} {:?} {:?}",
+                "{:?} {:?} {:?} {:?} {}",
                 g.server_tls_sslmode,
                 g.server_tls_ca_file,
                 g.server_tls_cert_file,
-                g.server_tls_key_file
+                g.server_tls_key_file,
+                g.server_tls_protocols
             ),
             tcp: crate::net::TcpTuning::from_config(g),
+            startup_params: cfg.server_startup_params_for(db),
+            connect_query: dbc.connect_query.clone(),
+            load_balance: dbc.load_balance_hosts,
         };
         Some(target)
     }
@@ -423,7 +427,7 @@ pub(crate) fn pool_settings(cfg: &Config, db: &str, user: &str) -> PoolSettings 
         min_size: cfg.min_pool_size_for(db).min(size),
         reserve_size: cfg.reserve_pool_size_for(db, user),
         reserve_timeout: g.reserve_pool_timeout(),
-        query_wait_timeout: cfg.query_wait_timeout_for(user),
+        query_wait_timeout: cfg.query_wait_timeout_for(db, user),
         server_lifetime: cfg.server_lifetime_for(db),
         server_idle_timeout: g.server_idle_timeout(),
         server_login_retry: g.server_login_retry(),

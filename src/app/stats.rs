@@ -183,8 +183,32 @@ pub fn spawn(app: &Arc<App>) {
             tokio::time::sleep(period).await;
             let Some(app) = weak.upgrade() else { return };
             app.refresh_averages();
+            if app.config.load().pgferry.log_stats {
+                log_averages(&app);
+            }
         }
     });
+}
+
+/// `log_stats`: one line per database with the averages of the period just closed, in
+/// PgBouncer's wording.
+fn log_averages(app: &App) {
+    for (db, a) in app.stats.averages.lock().iter() {
+        tracing::info!(
+            "stats: db {db}: {} xacts/s, {} queries/s, {} client parses/s, {} server parses/s, \
+             {} binds/s, in {} B/s, out {} B/s, xact {} us, query {} us, wait {} us",
+            a.xact_count,
+            a.query_count,
+            a.client_parse_count,
+            a.server_parse_count,
+            a.bind_count,
+            a.bytes_received,
+            a.bytes_sent,
+            a.xact_time,
+            a.query_time,
+            a.wait_time
+        );
+    }
 }
 
 #[cfg(test)]

@@ -217,6 +217,14 @@ async fn startup(
         build::parameter_status(out, &k, &v);
     }
     build::backend_key_data(out, pid, secret);
+    if !cfg.pgferry.login_notify_message.is_empty() {
+        build::notice(
+            out,
+            crate::protocol::build::Severity::Notice,
+            "00000",
+            &cfg.pgferry.login_notify_message,
+        );
+    }
     build::ready_for_query(out, b'I');
     if let Err(e) = conn.flush().await {
         app.cancels.unregister(pid);

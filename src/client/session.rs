@@ -780,25 +780,48 @@ impl Session<'_> {
             return Ok(true);
         }
         self.info.set_state(ClientState::Waiting);
-        // KILL / KILL_CLIENT also reach a client that is waiting for a server, and so does
-        // the client's own CancelRequest: the request is answered as cancelled, never run.
+        // KILL / KILL_CLIENT also reach a client that is waiting for a server, and so does the
+        // client's own CancelRequest (the request is answered as cancelled, never run); a client
+        // waiting longer than query_wait_notify is told so once (PgBouncer's NOTICE).
+        let notify = crate::config::secs(self.app.config.load().pgferry.query_wait_notify);
+        let pool = self.pool.clone();
         let cancel = self.cancel.clone();
-        let checkout = tokio::select! {
-            c = self.pool.checkout() => c,
-            _ = self.info.kill.notified() => {
-                self.info.set_state(ClientState::Idle);
-                return self.killed().await.map(|_| false);
-            }
-            _ = cancel.cancelled_while_waiting() => {
-                self.info.set_state(ClientState::Idle);
-                let msg = "canceling statement due to user request";
-                if extended {
-                    self.local_error("57014", msg);
-                } else {
-                    build::error(self.client.out(), Severity::Error, "57014", msg);
-                    build::ready_for_query(self.client.out(), self.tx);
+        let checkout = pool.checkout();
+        tokio::pin!(checkout);
+        let mut notified = notify.is_none();
+        let notify_at = tokio::time::sleep(notify.unwrap_or_default());
+        tokio::pin!(notify_at);
+        let checkout = loop {
+            // Biased: when a server is free at once, the notice timer is never polled, so it
+            // never enters the timer wheel.
+            tokio::select! {
+                biased;
+                c = &mut checkout => break c,
+                _ = self.info.kill.notified() => {
+                    self.info.set_state(ClientState::Idle);
+                    return self.killed().await.map(|_| false);
                 }
-                return Ok(false);
+                _ = &mut notify_at, if !notified => {
+                    notified = true;
+                    build::notice(
+                        self.client.out(),
+                        Severity::Notice,
+                        "00000",
+                        "No server connection available in postgres backend, client being queued",
+                    );
+                    self.client.flush().await?;
+                }
+                _ = cancel.cancelled_while_waiting() => {
+                    self.info.set_state(ClientState::Idle);
+                    let msg = "canceling statement due to user request";
+                    if extended {
+                        self.local_error("57014", msg);
+                    } else {
+                        build::error(self.client.out(), Severity::Error, "57014", msg);
+                        build::ready_for_query(self.client.out(), self.tx);
+                    }
+                    return Ok(false);
+                }
             }
         };
         self.info.set_state(ClientState::Idle);

@@ -23,7 +23,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use error::ConfigError;
-pub use schema::{AuthType, Database, General, PoolMode, TlsMode, User, DEFAULT_AUTH_QUERY};
+pub use schema::{
+    AuthType, Database, General, LoadBalanceHosts, PoolMode, TlsMode, User, DEFAULT_AUTH_QUERY,
+};
+pub use validate::{tls_versions, TlsVersions};
 
 /// A whole configuration file.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
@@ -35,6 +38,10 @@ pub struct Config {
     pub databases: BTreeMap<String, Database>,
     /// `[users.NAME]` tables with per-user overrides.
     pub users: BTreeMap<String, User>,
+    /// PgBouncer's `[peers]`: accepted by the parser only so validation can refuse it with a
+    /// reason (pgferry has no peering).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peers: Option<toml::Value>,
     /// user -> plain password, set by `from_upstream`; never read from TOML
     /// so secrets given on the command line cannot be confused with a file.
     #[serde(skip)]
@@ -114,15 +121,127 @@ impl Config {
             .unwrap_or(self.pgferry.default_pool_size)
     }
 
-    /// How long a client of `user` may wait for a server connection; `None`
-    /// means forever. The user's override wins over the general setting.
-    pub fn query_wait_timeout_for(&self, user: &str) -> Option<Duration> {
+    /// How long a client of `user` on `db` may wait for a server connection; `None`
+    /// means forever. The user's override wins over the database's, which wins over the
+    /// general setting.
+    pub fn query_wait_timeout_for(&self, db: &str, user: &str) -> Option<Duration> {
         let v = self
             .users
             .get(user)
             .and_then(|u| u.query_wait_timeout)
+            .or_else(|| self.databases.get(db).and_then(|d| d.query_wait_timeout))
             .unwrap_or(self.pgferry.query_wait_timeout);
         secs(v)
+    }
+
+    /// Startup parameters pgferry adds to the server connections of `db`
+    /// (`client_encoding`, `datestyle`, `timezone`), with PostgreSQL's names.
+    pub fn server_startup_params_for(&self, db: &str) -> Vec<(String, String)> {
+        let Some(d) = self.databases.get(db) else {
+            return Vec::new();
+        };
+        [
+            ("client_encoding", &d.client_encoding),
+            ("DateStyle", &d.datestyle),
+            ("TimeZone", &d.timezone),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_owned(), v.clone())))
+        .collect()
+    }
+
+    /// PgBouncer settings present in the file that change nothing in pgferry, each with the
+    /// reason; logged as one WARNING each at start.
+    pub fn ineffective_settings(&self) -> Vec<(&'static str, &'static str)> {
+        let g = &self.pgferry;
+        [
+            (&g.pkt_buf, "pkt_buf", "buffers grow to fit each message"),
+            (
+                &g.sbuf_loopcnt,
+                "sbuf_loopcnt",
+                "the tokio scheduler keeps connections fair",
+            ),
+            (
+                &g.tcp_defer_accept,
+                "tcp_defer_accept",
+                "the socket option is not set",
+            ),
+            (
+                &g.suspend_timeout,
+                "suspend_timeout",
+                "there is no SUSPEND / online restart",
+            ),
+            (
+                &g.dns_max_ttl,
+                "dns_max_ttl",
+                "host names are resolved on every new server connection",
+            ),
+            (
+                &g.dns_nxdomain_ttl,
+                "dns_nxdomain_ttl",
+                "host names are resolved on every new server connection",
+            ),
+            (
+                &g.dns_zone_check_period,
+                "dns_zone_check_period",
+                "there is no DNS zone polling",
+            ),
+            (&g.resolv_conf, "resolv_conf", "the system resolver is used"),
+            (
+                &g.autodb_idle_timeout,
+                "autodb_idle_timeout",
+                "there is no \"*\" auto-database",
+            ),
+            (
+                &g.pool_idle_timeout,
+                "pool_idle_timeout",
+                "pools are kept until their database is removed",
+            ),
+            (
+                &g.disable_pqexec,
+                "disable_pqexec",
+                "the simple query protocol is always allowed",
+            ),
+            (
+                &g.server_fast_close,
+                "server_fast_close",
+                "session-mode servers of a changed target close when their client leaves",
+            ),
+            (&g.syslog, "syslog", "logs go to stderr and logfile"),
+            (
+                &g.syslog_ident,
+                "syslog_ident",
+                "logs go to stderr and logfile",
+            ),
+            (
+                &g.syslog_facility,
+                "syslog_facility",
+                "logs go to stderr and logfile",
+            ),
+            (&g.job_name, "job_name", "it names a Windows service"),
+            (
+                &g.service_name,
+                "service_name",
+                "it names a Windows service",
+            ),
+            (
+                &g.conffile,
+                "conffile",
+                "the file given with --config is the one RELOAD reads",
+            ),
+        ]
+        .into_iter()
+        .filter(|(v, _, _)| v.is_some())
+        .map(|(_, name, why)| (name, why))
+        .chain((g.scram_iterations != 4096).then_some((
+            "scram_iterations",
+            "SCRAM secrets derived from plain auth_file passwords always use 4096 iterations",
+        )))
+        .chain((!g.log_pooler_errors).then_some((
+            "log_pooler_errors",
+            "pgferry does not log the errors it sends separately; log_disconnections gives the reason a client was closed",
+        )))
+        .collect()
     }
 
     /// Reserve connections for (`db`, `user`): user, then database, then general setting.

@@ -58,8 +58,10 @@ impl FromStr for PoolMode {
     }
 }
 
-/// How clients authenticate to pgferry (PgBouncer's `auth_type`).
+/// How clients authenticate to pgferry (PgBouncer's `auth_type`). PgBouncer's `hba`, `pam`,
+/// `ldap` and `any` are refused with a reason (see `FromStr`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(try_from = "String")]
 pub enum AuthType {
     /// No password is asked for.
     #[serde(rename = "trust")]
@@ -91,6 +93,14 @@ impl AuthType {
     }
 }
 
+impl TryFrom<String> for AuthType {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
 impl fmt::Display for AuthType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -107,6 +117,16 @@ impl FromStr for AuthType {
             "scram-sha-256" => Ok(AuthType::ScramSha256),
             "plain" => Ok(AuthType::Plain),
             "cert" => Ok(AuthType::Cert),
+            "hba" | "pam" | "ldap" | "any" => Err(format!(
+                "auth_type = \"{s}\" is not supported by pgferry ({}); use trust, md5, \
+                 scram-sha-256, plain or cert",
+                match s {
+                    "hba" => "no pg_hba.conf-style rules are evaluated",
+                    "pam" => "pgferry does not link PAM",
+                    "ldap" => "pgferry has no LDAP client",
+                    _ => "every client would log in as the database's forced user unchecked",
+                }
+            )),
             other => Err(format!(
                 "unknown auth type `{other}`, expected trust, md5, scram-sha-256, plain or cert"
             )),
@@ -264,6 +284,69 @@ pub struct General {
     pub n_plus_one_cooldown: f64,
     /// Send the client a NoticeResponse (WARNING, 01000) when its burst is detected.
     pub n_plus_one_notice: bool,
+
+    // ---- logging and process (PgBouncer's generic / log settings) ----
+    /// Also append log lines to this file (stderr keeps getting them).
+    pub logfile: Option<PathBuf>,
+    /// Write the process id here at start; a live process named there refuses the start.
+    pub pidfile: Option<PathBuf>,
+    /// 0 = info, 1 = debug, 2 or more = trace (each `-v` adds one).
+    pub verbose: u32,
+    /// Log the errors pgferry itself sends to clients.
+    pub log_pooler_errors: bool,
+    /// Log a one-line stats summary every `stats_period`.
+    pub log_stats: bool,
+
+    // ---- TLS details; rustls fixes ciphers and curves to safe defaults ----
+    /// `secure` (TLS 1.2 + 1.3), `all`, or a list of `tlsv1.2` / `tlsv1.3`.
+    pub client_tls_protocols: String,
+    pub server_tls_protocols: String,
+    pub client_tls_ciphers: String,
+    pub server_tls_ciphers: String,
+    pub client_tls13_ciphers: String,
+    pub server_tls13_ciphers: String,
+    pub client_tls_ecdhcurve: String,
+    pub client_tls_dheparams: String,
+
+    // ---- notices ----
+    /// Seconds a client waits for a server before it gets a NOTICE saying so; 0 = never.
+    pub query_wait_notify: f64,
+    /// NOTICE sent to every client after login; empty = none.
+    pub login_notify_message: String,
+
+    /// PBKDF2 iterations when deriving a SCRAM secret from a plain auth_file password.
+    pub scram_iterations: u32,
+    /// SO_SNDBUF / SO_RCVBUF in bytes for client and server sockets; 0 = OS default.
+    pub tcp_socket_buffer: u32,
+
+    // ---- PgBouncer settings accepted so a migrated file loads; they change nothing here
+    // (see `Config::ineffective_settings`). Any TOML value is accepted. ----
+    pub pkt_buf: Option<toml::Value>,
+    pub sbuf_loopcnt: Option<toml::Value>,
+    pub tcp_defer_accept: Option<toml::Value>,
+    pub suspend_timeout: Option<toml::Value>,
+    pub dns_max_ttl: Option<toml::Value>,
+    pub dns_nxdomain_ttl: Option<toml::Value>,
+    pub dns_zone_check_period: Option<toml::Value>,
+    pub resolv_conf: Option<toml::Value>,
+    pub autodb_idle_timeout: Option<toml::Value>,
+    pub pool_idle_timeout: Option<toml::Value>,
+    pub disable_pqexec: Option<toml::Value>,
+    pub server_fast_close: Option<toml::Value>,
+    pub syslog: Option<toml::Value>,
+    pub syslog_ident: Option<toml::Value>,
+    pub syslog_facility: Option<toml::Value>,
+    pub job_name: Option<toml::Value>,
+    pub service_name: Option<toml::Value>,
+    pub conffile: Option<toml::Value>,
+
+    // ---- PgBouncer settings pgferry refuses (validation explains why) ----
+    pub auth_hba_file: Option<toml::Value>,
+    pub auth_ident_file: Option<toml::Value>,
+    pub auth_ldap_options: Option<toml::Value>,
+    pub peer_id: Option<toml::Value>,
+    pub unix_socket_group: Option<toml::Value>,
+    pub user: Option<toml::Value>,
 }
 
 impl Default for General {
@@ -338,6 +421,47 @@ impl Default for General {
             n_plus_one_window: 1.0,
             n_plus_one_cooldown: 60.0,
             n_plus_one_notice: false,
+            logfile: None,
+            pidfile: None,
+            verbose: 0,
+            log_pooler_errors: true,
+            log_stats: true,
+            client_tls_protocols: "secure".to_string(),
+            server_tls_protocols: "secure".to_string(),
+            client_tls_ciphers: "default".to_string(),
+            server_tls_ciphers: "default".to_string(),
+            client_tls13_ciphers: String::new(),
+            server_tls13_ciphers: String::new(),
+            client_tls_ecdhcurve: "auto".to_string(),
+            client_tls_dheparams: "auto".to_string(),
+            query_wait_notify: 5.0,
+            login_notify_message: String::new(),
+            scram_iterations: 4096,
+            tcp_socket_buffer: 0,
+            pkt_buf: None,
+            sbuf_loopcnt: None,
+            tcp_defer_accept: None,
+            suspend_timeout: None,
+            dns_max_ttl: None,
+            dns_nxdomain_ttl: None,
+            dns_zone_check_period: None,
+            resolv_conf: None,
+            autodb_idle_timeout: None,
+            pool_idle_timeout: None,
+            disable_pqexec: None,
+            server_fast_close: None,
+            syslog: None,
+            syslog_ident: None,
+            syslog_facility: None,
+            job_name: None,
+            service_name: None,
+            conffile: None,
+            auth_hba_file: None,
+            auth_ident_file: None,
+            auth_ldap_options: None,
+            peer_id: None,
+            unix_socket_group: None,
+            user: None,
         }
     }
 }
@@ -358,7 +482,7 @@ impl General {
 
     /// Every timeout with its key name, so validation and the docs cannot
     /// drift apart from the struct when a timeout is added.
-    pub(crate) fn timeouts(&self) -> [(&'static str, f64); 17] {
+    pub(crate) fn timeouts(&self) -> [(&'static str, f64); 18] {
         [
             ("query_wait_timeout", self.query_wait_timeout),
             ("query_timeout", self.query_timeout),
@@ -377,6 +501,7 @@ impl General {
             ("stats_period", self.stats_period),
             ("n_plus_one_window", self.n_plus_one_window),
             ("n_plus_one_cooldown", self.n_plus_one_cooldown),
+            ("query_wait_notify", self.query_wait_notify),
         ]
     }
 }
@@ -404,6 +529,28 @@ pub struct Database {
     pub auth_user: Option<String>,
     pub auth_query: Option<String>,
     pub auth_dbname: Option<String>,
+    /// Run on every new server connection after login, before any client uses it.
+    pub connect_query: Option<String>,
+    /// Startup parameters of this database's server connections (clients that do not set
+    /// them see these values).
+    pub client_encoding: Option<String>,
+    pub datestyle: Option<String>,
+    pub timezone: Option<String>,
+    /// Per-database override of `query_wait_timeout` (a user's override still wins).
+    pub query_wait_timeout: Option<f64>,
+    /// How new connections pick among the hosts of `host = "a,b"`.
+    pub load_balance_hosts: LoadBalanceHosts,
+}
+
+/// PgBouncer 1.24's `load_balance_hosts`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoadBalanceHosts {
+    /// Each new connection starts at the next host of the list.
+    #[default]
+    RoundRobin,
+    /// Always the listed order: the first host that answers.
+    Disable,
 }
 
 impl Default for Database {
@@ -424,6 +571,12 @@ impl Default for Database {
             auth_user: None,
             auth_query: None,
             auth_dbname: None,
+            connect_query: None,
+            client_encoding: None,
+            datestyle: None,
+            timezone: None,
+            query_wait_timeout: None,
+            load_balance_hosts: LoadBalanceHosts::RoundRobin,
         }
     }
 }

@@ -235,7 +235,10 @@ fn validation_falls_back_to_header_line() {
 #[test]
 fn fractional_and_integer_timeouts() {
     let c = parse(&format!("{MINIMAL}[users.a]\nquery_wait_timeout = 2\n")).unwrap();
-    assert_eq!(c.query_wait_timeout_for("a"), Some(Duration::from_secs(2)));
+    assert_eq!(
+        c.query_wait_timeout_for("db", "a"),
+        Some(Duration::from_secs(2))
+    );
     let text = MINIMAL.replace(
         "[pgferry]\n",
         "[pgferry]\nquery_wait_timeout = 0.5\nquery_timeout = 0\n",
@@ -247,7 +250,7 @@ fn fractional_and_integer_timeouts() {
         Some(Duration::from_millis(500))
     );
     assert_eq!(
-        c.query_wait_timeout_for("nobody"),
+        c.query_wait_timeout_for("db", "nobody"),
         Some(Duration::from_millis(500))
     );
     assert_eq!(c.pgferry.query_timeout(), None);
@@ -473,4 +476,160 @@ fn upstream_bad_urls() {
     // A bad pool size is caught by validation.
     let e = Config::from_upstream("postgres://u@h/db", listen(), PoolMode::Session, 0).unwrap_err();
     assert_eq!(e.key.as_deref(), Some("pgferry.default_pool_size"));
+}
+
+#[test]
+fn pgbouncer_settings_without_effect_load_and_are_listed() {
+    let text = MINIMAL.replace(
+        "[pgferry]\n",
+        "[pgferry]\npkt_buf = 4096\ntcp_defer_accept = 1\nsyslog = 0\nresolv_conf = \"\"\n",
+    );
+    let c = parse(&text).unwrap();
+    let names: Vec<&str> = c.ineffective_settings().iter().map(|(n, _)| *n).collect();
+    assert_eq!(
+        names,
+        ["pkt_buf", "tcp_defer_accept", "resolv_conf", "syslog"]
+    );
+    assert!(parse(MINIMAL).unwrap().ineffective_settings().is_empty());
+}
+
+#[test]
+fn unsafe_pgbouncer_settings_are_refused_with_a_reason() {
+    for (line, key, words) in [
+        (
+            "auth_type = \"hba\"",
+            "auth_type",
+            "not supported by pgferry",
+        ),
+        ("auth_type = \"pam\"", "auth_type", "PAM"),
+        ("auth_type = \"ldap\"", "auth_type", "LDAP"),
+        (
+            "auth_hba_file = \"/etc/hba\"",
+            "pgferry.auth_hba_file",
+            "not supported",
+        ),
+        (
+            "auth_ident_file = \"/etc/ident\"",
+            "pgferry.auth_ident_file",
+            "not supported",
+        ),
+        (
+            "auth_ldap_options = \"x\"",
+            "pgferry.auth_ldap_options",
+            "LDAP",
+        ),
+        (
+            "unix_socket_group = \"pg\"",
+            "pgferry.unix_socket_group",
+            "group",
+        ),
+        (
+            "user = \"postgres\"",
+            "pgferry.user",
+            "does not switch user",
+        ),
+        ("peer_id = 3", "pgferry.peer_id", "peering"),
+        (
+            "client_tls_protocols = \"tlsv1.0\"",
+            "pgferry.client_tls_protocols",
+            "TLS 1.2 and 1.3",
+        ),
+        (
+            "server_tls_protocols = \"legacy\"",
+            "pgferry.server_tls_protocols",
+            "TLS 1.2 and 1.3",
+        ),
+        (
+            "client_tls_ciphers = \"HIGH:!aNULL\"",
+            "pgferry.client_tls_ciphers",
+            "rustls' safe defaults",
+        ),
+        (
+            "server_tls13_ciphers = \"TLS_AES_128_CCM_SHA256\"",
+            "pgferry.server_tls13_ciphers",
+            "rustls",
+        ),
+        (
+            "client_tls_ecdhcurve = \"prime256v1\"",
+            "pgferry.client_tls_ecdhcurve",
+            "rustls",
+        ),
+        (
+            "client_tls_dheparams = \"legacy\"",
+            "pgferry.client_tls_dheparams",
+            "rustls",
+        ),
+    ] {
+        let text = MINIMAL.replace(
+            "auth_type = \"trust\"\n",
+            &format!("auth_type = \"trust\"\n{line}\n"),
+        );
+        let text = if line.starts_with("auth_type") {
+            MINIMAL.replace("auth_type = \"trust\"", line)
+        } else {
+            text
+        };
+        let e = parse_err(&text);
+        assert!(e.to_string().contains(words), "{line}: {e}");
+        assert!(e.to_string().contains(key), "{line}: {e}");
+    }
+    let e = parse_err(&format!("{MINIMAL}[peers.1]\nhost = \"x\"\n"));
+    assert!(e.to_string().contains("peering"), "{e}");
+    // PgBouncer's defaults are accepted.
+    let ok = MINIMAL.replace(
+        "[pgferry]\n",
+        "[pgferry]\npeer_id = 0\nclient_tls_protocols = \"tlsv1.2, tlsv1.3\"\nserver_tls_protocols = \"all\"\n\
+         client_tls_ciphers = \"default\"\nserver_tls_ciphers = \"secure\"\nclient_tls13_ciphers = \"\"\n\
+         client_tls_ecdhcurve = \"auto\"\nclient_tls_dheparams = \"auto\"\n",
+    );
+    parse(&ok).unwrap();
+}
+
+#[test]
+fn tls_protocol_lists() {
+    let v = super::tls_versions("tlsv1.3").unwrap();
+    assert!(v.tls13 && !v.tls12);
+    let v = super::tls_versions("secure").unwrap();
+    assert!(v.tls13 && v.tls12);
+    let v = super::tls_versions("tlsv1.2 tlsv1.3").unwrap();
+    assert!(v.tls13 && v.tls12);
+    assert!(super::tls_versions("").is_err());
+    assert!(super::tls_versions("tlsv1.1,tlsv1.2").is_err());
+    assert!(super::tls_versions("sslv3").is_err());
+}
+
+#[test]
+fn database_settings_from_pgbouncer() {
+    let text = format!(
+        "{MINIMAL}connect_query = \"SET x.y = 1\"\ntimezone = \"UTC\"\ndatestyle = \"ISO, DMY\"\n\
+         client_encoding = \"LATIN1\"\nquery_wait_timeout = 7\nload_balance_hosts = \"disable\"\n\
+         [users.a]\nquery_wait_timeout = 2\n"
+    );
+    let c = parse(&text).unwrap();
+    let d = c.database("shop").unwrap();
+    assert_eq!(d.load_balance_hosts, super::LoadBalanceHosts::Disable);
+    assert_eq!(d.connect_query.as_deref(), Some("SET x.y = 1"));
+    assert_eq!(
+        c.server_startup_params_for("shop"),
+        [
+            ("client_encoding".to_string(), "LATIN1".to_string()),
+            ("DateStyle".to_string(), "ISO, DMY".to_string()),
+            ("TimeZone".to_string(), "UTC".to_string()),
+        ]
+    );
+    // user > database > general
+    assert_eq!(
+        c.query_wait_timeout_for("shop", "a"),
+        Some(Duration::from_secs(2))
+    );
+    assert_eq!(
+        c.query_wait_timeout_for("shop", "b"),
+        Some(Duration::from_secs(7))
+    );
+    assert_eq!(
+        c.query_wait_timeout_for("other", "b"),
+        Some(Duration::from_secs(120))
+    );
+    let bad = format!("{MINIMAL}load_balance_hosts = \"random\"\n");
+    assert!(parse_err(&bad).to_string().contains("load_balance_hosts"));
 }

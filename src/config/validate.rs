@@ -62,6 +62,28 @@ impl Config {
             if let Some(t) = db.server_lifetime {
                 check_timeout(&["databases", name, "server_lifetime"], t)?;
             }
+            if let Some(t) = db.query_wait_timeout {
+                check_timeout(&["databases", name, "query_wait_timeout"], t)?;
+            }
+            for (field, value) in [
+                ("client_encoding", &db.client_encoding),
+                ("datestyle", &db.datestyle),
+                ("timezone", &db.timezone),
+            ] {
+                if value.as_deref().is_some_and(|v| v.contains('\0')) {
+                    return Err(msg(key(field), "must not contain a NUL character"));
+                }
+            }
+            if db
+                .connect_query
+                .as_deref()
+                .is_some_and(|q| q.contains('\0'))
+            {
+                return Err(msg(
+                    key("connect_query"),
+                    "must not contain a NUL character",
+                ));
+            }
         }
         for (name, user) in &self.users {
             if user.pool_size == Some(0) {
@@ -88,6 +110,58 @@ impl Config {
     fn check_general(&self) -> Result<(), ConfigError> {
         let g = &self.pgferry;
         let key = |field: &str| ConfigError::at_key(&["pgferry", field], "");
+        self.check_refused()?;
+        for (field, value) in [
+            ("client_tls_protocols", &g.client_tls_protocols),
+            ("server_tls_protocols", &g.server_tls_protocols),
+        ] {
+            tls_versions(value).map_err(|m| msg(key(field), m))?;
+        }
+        for (field, value, accepted) in [
+            ("client_tls_ciphers", &g.client_tls_ciphers, CIPHER_DEFAULTS),
+            ("server_tls_ciphers", &g.server_tls_ciphers, CIPHER_DEFAULTS),
+            (
+                "client_tls13_ciphers",
+                &g.client_tls13_ciphers,
+                TLS13_CIPHER_DEFAULTS,
+            ),
+            (
+                "server_tls13_ciphers",
+                &g.server_tls13_ciphers,
+                TLS13_CIPHER_DEFAULTS,
+            ),
+            (
+                "client_tls_ecdhcurve",
+                &g.client_tls_ecdhcurve,
+                CURVE_DEFAULTS,
+            ),
+            (
+                "client_tls_dheparams",
+                &g.client_tls_dheparams,
+                CURVE_DEFAULTS,
+            ),
+        ] {
+            if !accepted
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(value.trim()))
+            {
+                return Err(msg(
+                    key(field),
+                    format!(
+                        "`{value}` cannot be honoured: pgferry uses rustls' safe defaults for \
+                         ciphers and key exchange; accepted values: {}",
+                        accepted
+                            .iter()
+                            .map(|a| format!("\"{a}\""))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+        }
+        if g.scram_iterations == 0 {
+            return Err(msg(key("scram_iterations"), "must be at least 1"));
+        }
         if g.listen_port == 0 {
             return Err(msg(key("listen_port"), "must be between 1 and 65535"));
         }
@@ -173,6 +247,97 @@ impl Config {
                     "`{}` is not an IP:port address (use \"\" to disable metrics)",
                     g.metrics_addr
                 ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Values of `*_tls_ciphers` that mean "the library's defaults" in PgBouncer.
+const CIPHER_DEFAULTS: &[&str] = &["default", "secure", "fast", "normal"];
+/// `*_tls13_ciphers`: empty means "as `*_tls_ciphers`".
+const TLS13_CIPHER_DEFAULTS: &[&str] = &["", "default", "secure", "fast", "normal"];
+/// `client_tls_ecdhcurve` / `client_tls_dheparams`.
+const CURVE_DEFAULTS: &[&str] = &["auto"];
+
+/// TLS protocol versions allowed by a `*_tls_protocols` setting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsVersions {
+    pub tls12: bool,
+    pub tls13: bool,
+}
+
+/// Parses PgBouncer's `*_tls_protocols`: `secure`, `all`, `tlsv1.2`, `tlsv1.3`, in a list
+/// separated by commas or spaces. TLS 1.0 / 1.1 (and `legacy`) are refused: rustls does not
+/// implement them.
+pub fn tls_versions(spec: &str) -> Result<TlsVersions, String> {
+    let mut v = TlsVersions {
+        tls12: false,
+        tls13: false,
+    };
+    for word in spec
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|w| !w.is_empty())
+    {
+        match word.to_ascii_lowercase().as_str() {
+            "secure" | "all" => {
+                v.tls12 = true;
+                v.tls13 = true;
+            }
+            "tlsv1.2" => v.tls12 = true,
+            "tlsv1.3" => v.tls13 = true,
+            "tlsv1.0" | "tlsv1" | "tlsv1.1" | "legacy" => {
+                return Err(format!(
+                    "`{word}` is not available: pgferry's TLS (rustls) speaks only TLS 1.2 and \
+                     1.3; use \"secure\", \"tlsv1.2\" or \"tlsv1.3\""
+                ))
+            }
+            _ => {
+                return Err(format!(
+                    "unknown TLS protocol `{word}`; expected secure, all, tlsv1.2 or tlsv1.3"
+                ))
+            }
+        }
+    }
+    if !v.tls12 && !v.tls13 {
+        return Err("lists no TLS protocol; expected secure, all, tlsv1.2 or tlsv1.3".into());
+    }
+    Ok(v)
+}
+
+impl Config {
+    /// PgBouncer settings whose meaning pgferry cannot honour safely: refusing them beats
+    /// silently running with weaker or different access control.
+    fn check_refused(&self) -> Result<(), ConfigError> {
+        let g = &self.pgferry;
+        let refused = [
+            (&g.auth_hba_file, "auth_hba_file", "pgferry evaluates no HBA rules; auth_type applies to every connection"),
+            (&g.auth_ident_file, "auth_ident_file", "pgferry has no peer/ident authentication"),
+            (&g.auth_ldap_options, "auth_ldap_options", "pgferry has no LDAP authentication"),
+            (&g.unix_socket_group, "unix_socket_group", "pgferry does not change the socket's group; use unix_socket_mode and the directory's permissions"),
+            (&g.user, "user", "pgferry does not switch user; start it as the account it should run as"),
+        ];
+        for (value, name, why) in refused {
+            if value.is_some() {
+                return Err(ConfigError::at_key(
+                    &["pgferry", name],
+                    format!("not supported: {why}"),
+                ));
+            }
+        }
+        let peer_off = |v: &toml::Value| v.as_integer() == Some(0) || v.as_str() == Some("0");
+        if g.peer_id.as_ref().is_some_and(|v| !peer_off(v)) {
+            return Err(ConfigError::at_key(
+                &["pgferry", "peer_id"],
+                "not supported: pgferry has no peering (cancel requests must reach the pgferry \
+                 that owns the client)",
+            ));
+        }
+        if self.peers.is_some() {
+            return Err(ConfigError::at_key(
+                &["peers"],
+                "not supported: pgferry has no peering (cancel requests must reach the pgferry \
+                 that owns the client)",
             ));
         }
         Ok(())

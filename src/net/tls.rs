@@ -103,7 +103,7 @@ fn client_facing(
     let certs = load_certs("client_tls_cert_file", g.client_tls_cert_file.as_deref())?;
     let key = load_key("client_tls_key_file", g.client_tls_key_file.as_deref())?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(&versions("client_tls_protocols", &g.client_tls_protocols)?)
         .map_err(|e| setup(SETTING, e))?;
     let builder = if mode.verifies() {
         let roots = load_roots("client_tls_ca_file", g.client_tls_ca_file.as_deref())?;
@@ -130,7 +130,7 @@ fn server_facing(
 ) -> Result<ClientConfig, TlsError> {
     const SETTING: &str = "server_tls_sslmode";
     let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(&versions("server_tls_protocols", &g.server_tls_protocols)?)
         .map_err(|e| setup(SETTING, e))?;
     let builder = match mode {
         TlsMode::VerifyFull => builder.with_root_certificates(load_roots(
@@ -165,6 +165,23 @@ fn server_facing(
     };
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(config)
+}
+
+/// The rustls protocol versions a `*_tls_protocols` setting allows (validated at load; an
+/// invalid value here still fails cleanly).
+fn versions(
+    setting: &'static str,
+    spec: &str,
+) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, TlsError> {
+    let v = crate::config::tls_versions(spec).map_err(|e| setup(setting, e))?;
+    let mut out = Vec::new();
+    if v.tls13 {
+        out.push(&rustls::version::TLS13);
+    }
+    if v.tls12 {
+        out.push(&rustls::version::TLS12);
+    }
+    Ok(out)
 }
 
 fn setup(setting: &'static str, e: impl std::fmt::Display) -> TlsError {

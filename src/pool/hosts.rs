@@ -1,5 +1,6 @@
 //! Server hosts and their health. A database's `host` may list several hosts (`"a,b"`, same
-//! port); new connections go round robin to the hosts that answer. A host whose connection
+//! port); new connections go round robin to the hosts that answer (`load_balance_hosts =
+//! "round-robin"`), or to the first of them in the listed order (`"disable"`). A host whose connection
 //! attempt failed (refused, timed out, dropped, or answered "starting up" / "too many
 //! connections") is marked down for `server_login_retry` and skipped meanwhile, so a dead host
 //! costs one failed attempt per cool-down, not one per connection. Health is shared by every
@@ -85,9 +86,18 @@ impl HostState {
 pub struct HostSet {
     hosts: Vec<Arc<HostState>>,
     next: AtomicUsize,
+    /// False with `load_balance_hosts = "disable"`: always the listed order.
+    round_robin: bool,
 }
 
 impl HostSet {
+    /// The hosts of a server target, balanced per its `load_balance_hosts`.
+    pub fn for_target(registry: &HostRegistry, t: &crate::server::ServerTarget) -> HostSet {
+        let mut set = HostSet::new(registry, &t.host, t.port);
+        set.round_robin = t.load_balance == crate::config::LoadBalanceHosts::RoundRobin;
+        set
+    }
+
     /// Parses `spec` (`"a"` or `"a,b"`); an empty list means `127.0.0.1`.
     pub fn new(registry: &HostRegistry, spec: &str, port: u16) -> HostSet {
         let mut hosts: Vec<Arc<HostState>> = spec
@@ -102,6 +112,7 @@ impl HostSet {
         HostSet {
             hosts,
             next: AtomicUsize::new(0),
+            round_robin: true,
         }
     }
 
@@ -113,11 +124,12 @@ impl HostSet {
         self.hosts.is_empty()
     }
 
-    /// Hosts to try for one new connection: those up, round robin; with `include_down`, then
+    /// Hosts to try for one new connection: those up, round robin (or in the listed order
+    /// when load balancing is disabled); with `include_down`, then
     /// those down, the one back soonest first.
     pub fn order(&self, include_down: bool) -> Vec<Arc<HostState>> {
         let n = self.hosts.len();
-        let start = if n > 1 {
+        let start = if n > 1 && self.round_robin {
             self.next.fetch_add(1, Ordering::Relaxed) % n
         } else {
             0
@@ -188,5 +200,20 @@ mod tests {
         );
         reg.get("b", 5432).mark_up();
         assert!(set.next_up_at().is_none());
+    }
+
+    #[test]
+    fn disabled_load_balancing_keeps_the_listed_order() {
+        let reg = HostRegistry::default();
+        let mut set = HostSet::new(&reg, "a,b,c", 5432);
+        set.round_robin = false;
+        for _ in 0..4 {
+            let names: Vec<String> = set.order(false).iter().map(|h| h.name.clone()).collect();
+            assert_eq!(names, ["a", "b", "c"]);
+        }
+        reg.get("a", 5432)
+            .mark_down(Duration::from_secs(60), "refused".into());
+        let names: Vec<String> = set.order(true).iter().map(|h| h.name.clone()).collect();
+        assert_eq!(names, ["b", "c", "a"], "a down host is tried last");
     }
 }

@@ -174,7 +174,7 @@ impl Pool {
         let s = init.settings;
         let pool_cap = Arc::new(limits::Cap::default());
         pool_cap.set_limit(s.size.max(1) + s.reserve_size);
-        let hosts = HostSet::new(&init.hosts, &init.target.host, init.target.port);
+        let hosts = HostSet::for_target(&init.hosts, &init.target);
         let pool = Arc::new(Pool {
             observer: init.observer,
             database: init.database,
@@ -232,9 +232,9 @@ impl Pool {
         if same {
             return false;
         }
-        if old.host != t.host || old.port != t.port {
+        if old.host != t.host || old.port != t.port || old.load_balance != t.load_balance {
             self.hosts
-                .store(Arc::new(HostSet::new(&self.host_registry, &t.host, t.port)));
+                .store(Arc::new(HostSet::for_target(&self.host_registry, &t)));
         }
         self.target.store(Arc::new(t));
         self.generation.fetch_add(1, Ordering::AcqRel);

@@ -85,6 +85,12 @@ pub struct ServerTarget {
     pub tls_settings: String,
     /// Keepalive and `tcp_user_timeout` for the server socket.
     pub tcp: crate::net::TcpTuning,
+    /// Extra startup parameters (the database's `client_encoding`, `datestyle`, `timezone`).
+    pub startup_params: Vec<(String, String)>,
+    /// The database's `connect_query`, run once after login before first use.
+    pub connect_query: Option<String>,
+    /// The database's `load_balance_hosts`.
+    pub load_balance: crate::config::LoadBalanceHosts,
 }
 
 /// Connects and logs in; on success the connection is idle and ready for queries.
@@ -119,6 +125,7 @@ pub async fn connect(t: &ServerTarget) -> Result<ServerConn, ServerError> {
         let mut server =
             ServerConn::new(Conn::new(stream, t.max_packet_size), addr, t.max_prepared);
         login(&mut server, t).await?;
+        run_connect_query(&mut server, t).await?;
         Ok::<_, ServerError>(server)
     };
     tokio::time::timeout(timeout, setup)
@@ -162,11 +169,37 @@ async fn negotiate_tls(
     }
 }
 
+/// Runs the database's `connect_query`; a failure (an error, or a transaction left open)
+/// fails the login, so the connection is closed and never lent to a client.
+async fn run_connect_query(server: &mut ServerConn, t: &ServerTarget) -> Result<(), ServerError> {
+    let Some(sql) = t.connect_query.as_deref().filter(|q| !q.trim().is_empty()) else {
+        return Ok(());
+    };
+    match server.hidden_query(sql).await {
+        Ok((_, b'I')) => Ok(()),
+        Ok(_) => {
+            tracing::warn!(db = %t.dbname, "connect_query left a transaction open; closing the server connection");
+            Err(ServerError::ConnectQuery(
+                "connect_query left a transaction open".into(),
+            ))
+        }
+        Err(ServerError::Server(raw)) => {
+            let why = super::error_message(&raw);
+            tracing::warn!(db = %t.dbname, error = %why, "connect_query failed; closing the server connection");
+            Err(ServerError::ConnectQuery(why))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 async fn login(server: &mut ServerConn, t: &ServerTarget) -> Result<(), ServerError> {
-    build::startup_message(
-        server.conn.out(),
-        &[("user", &t.user), ("database", &t.dbname)],
+    let mut params: Vec<(&str, &str)> = vec![("user", &t.user), ("database", &t.dbname)];
+    params.extend(
+        t.startup_params
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
     );
+    build::startup_message(server.conn.out(), &params);
     server.conn.flush().await.map_err(NetError::Io)?;
     let mut sasl: Option<Sasl> = None;
     loop {

@@ -45,6 +45,9 @@ pub enum ServerError {
     Tls(String),
     #[error("protocol violation from server: {0}")]
     Protocol(&'static str),
+    /// The database's connect_query failed: the connection is closed, as after a failed login.
+    #[error("connect_query failed: {0}")]
+    ConnectQuery(String),
     #[error("malformed message from server: {0}")]
     Frame(#[from] crate::protocol::FrameError),
 }
@@ -54,7 +57,10 @@ impl ServerError {
     /// (57P01–57P03), out of connection slots (53300), or dropped the connection mid-login.
     pub fn is_transient(&self) -> bool {
         match self {
-            ServerError::Connect(_) | ServerError::ConnectTimeout | ServerError::Net(_) => true,
+            ServerError::Connect(_)
+            | ServerError::ConnectTimeout
+            | ServerError::Net(_)
+            | ServerError::ConnectQuery(_) => true,
             ServerError::Server(raw) => {
                 let code = views::error_field(raw.get(5..).unwrap_or_default(), b'C');
                 matches!(code, Some(c) if c.starts_with(b"57P0") || c == b"53300" || c.starts_with(b"08"))
