@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use pgferry::auth::{scram_keys_from_password, LearnedCredentials, ScramSecret, ServerCredentials};
 use pgferry::config::{AuthType, Config, Database};
-use pgferry::pool::Pool;
+use pgferry::pool::{Pool, PoolInit};
 use pgferry::protocol::{split_frame, views, Frame, Split};
 use pgferry::server::{ServerError, ServerPassword};
 use std::sync::{Arc, OnceLock};
@@ -35,9 +35,7 @@ fn fake() -> &'static Fake {
             .enable_all()
             .build()
             .expect("runtime");
-        let listener = rt
-            .block_on(TcpListener::bind("127.0.0.1:0"))
-            .expect("bind");
+        let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let mut config = Config::default();
         config.pgferry.auth_type = AuthType::Trust;
@@ -54,7 +52,9 @@ fn fake() -> &'static Fake {
             },
         );
         let app = pgferry::app::App::new(config).expect("app");
-        let base = rt.block_on(async { app.pool("shop", "app") }).expect("pool");
+        let base = rt
+            .block_on(async { app.pool("shop", "app") })
+            .expect("pool");
         let learned = LearnedCredentials::default();
         let secret = ScramSecret::from_password("pw");
         learned.set(ServerCredentials::Scram(
@@ -68,16 +68,19 @@ fn fake() -> &'static Fake {
         ]
         .into_iter()
         .map(|password| {
-            let mut target = base.target.clone();
+            let mut target = (*base.target()).clone();
             target.password = password;
-            Pool::new(
-                "shop",
-                "app",
+            Pool::new(PoolInit {
+                database: "shop".into(),
+                user: "app".into(),
                 target,
-                base.settings.clone(),
-                base.control.clone(),
-                Default::default(),
-            )
+                settings: (*base.settings()).clone(),
+                control: base.control.clone(),
+                observer: Default::default(),
+                db_cap: app.caps.db("shop", 0),
+                user_cap: app.caps.user("app", 0),
+                hosts: app.hosts.clone(),
+            })
         })
         .collect();
         Fake {
@@ -138,7 +141,10 @@ fuzz_target!(|data: &[u8]| {
         };
         let both = async { tokio::join!(server, client) };
         // The server side always closes, so this never takes long; a hang is a bug.
-        if tokio::time::timeout(Duration::from_secs(10), both).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), both)
+            .await
+            .is_err()
+        {
             panic!("pgferry hung on a server connection");
         }
     });
