@@ -9,41 +9,6 @@ use common::*;
 use pgferry::config::PoolMode;
 use std::collections::BTreeSet;
 use std::time::Duration;
-use tokio_postgres::Client;
-
-async fn count(direct: &Client, cond: &str) -> i64 {
-    direct
-        .query_one(
-            &format!("SELECT count(*) FROM pg_stat_activity WHERE {cond}"),
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
-async fn pid(c: &Client) -> i32 {
-    c.query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
-/// Runs `SELECT pg_sleep(secs)` on `n` new clients at once.
-async fn sleepers(env: &Env, n: usize, secs: f64) {
-    let mut tasks = Vec::new();
-    for _ in 0..n {
-        let c = env.connect().await;
-        tasks.push(tokio::spawn(async move {
-            c.simple_query(&format!("SELECT pg_sleep({secs})"))
-                .await
-                .map(|_| ())
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap().expect("sleeper failed");
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_idle_timeout_closes_idle_servers_down_to_min_pool_size() {
@@ -55,17 +20,17 @@ async fn server_idle_timeout_closes_idle_servers_down_to_min_pool_size() {
     let direct = env.direct().await;
     let c = env.connect().await;
     sleepers(&env, 3, 0.3).await;
-    assert!(count(&direct, "usename = 'app'").await >= 3);
+    assert!(activity_count(&direct, "usename = 'app'").await >= 3);
     assert!(
         eventually(Duration::from_secs(6), || async {
-            count(&direct, "usename = 'app'").await == 1
+            activity_count(&direct, "usename = 'app'").await == 1
         })
         .await,
         "idle servers were not closed"
     );
     // min_pool_size keeps one, however long it idles.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(count(&direct, "usename = 'app'").await, 1);
+    assert_eq!(activity_count(&direct, "usename = 'app'").await, 1);
     c.simple_query("SELECT 1").await.unwrap();
 }
 
@@ -77,16 +42,16 @@ async fn server_lifetime_per_database_closes_old_servers() {
     .await;
     let direct = env.direct().await;
     let c = env.connect().await;
-    let first = pid(&c).await;
+    let first = backend_pid(&c).await;
     // Idle past its lifetime: closed without any client activity.
     assert!(
         eventually(Duration::from_secs(6), || async {
-            count(&direct, "usename = 'app'").await == 0
+            activity_count(&direct, "usename = 'app'").await == 0
         })
         .await,
         "an idle server outlived server_lifetime"
     );
-    assert_ne!(pid(&c).await, first);
+    assert_ne!(backend_pid(&c).await, first);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,16 +115,16 @@ async fn failed_check_closes_the_server_and_the_client_gets_another() {
         })
         .unwrap();
     // The check fails on it: closed, and b gets a fresh one without seeing an error.
-    let good = pid(&b).await;
+    let good = backend_pid(&b).await;
     assert_ne!(good, bad);
     assert!(
         eventually(Duration::from_secs(5), || async {
-            count(&direct, &format!("pid = {bad}")).await == 0
+            activity_count(&direct, &format!("pid = {bad}")).await == 0
         })
         .await,
         "the server that failed its check is still open"
     );
-    assert_eq!(pid(&a).await, good);
+    assert_eq!(backend_pid(&a).await, good);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,7 +137,7 @@ async fn checked_servers_killed_behind_pgferrys_back_are_never_handed_out() {
     let direct = env.direct().await;
     let c = env.connect().await;
     for i in 0..5 {
-        let old = pid(&c).await;
+        let old = backend_pid(&c).await;
         direct
             .query_one("SELECT pg_terminate_backend($1)", &[&old])
             .await
@@ -194,14 +159,14 @@ async fn server_round_robin_reuses_every_idle_server_in_turn() {
     let c = env.connect().await;
     let mut lifo = BTreeSet::new();
     for _ in 0..6 {
-        lifo.insert(pid(&c).await);
+        lifo.insert(backend_pid(&c).await);
     }
     assert_eq!(lifo.len(), 1, "LIFO used {lifo:?}");
     // Switched on live (SET, as RELOAD would).
     env.app().set_setting("server_round_robin", "1").unwrap();
     let mut rr = BTreeSet::new();
     for _ in 0..6 {
-        rr.insert(pid(&c).await);
+        rr.insert(backend_pid(&c).await);
     }
     assert_eq!(rr.len(), 3, "round robin used {rr:?}");
 }

@@ -11,41 +11,6 @@ use forward::Forward;
 use pgferry::config::{AuthType, PoolMode};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_postgres::Client;
-
-async fn count(direct: &Client, cond: &str) -> i64 {
-    direct
-        .query_one(
-            &format!("SELECT count(*) FROM pg_stat_activity WHERE {cond}"),
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
-async fn pid(c: &Client) -> i32 {
-    c.query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
-/// Runs `SELECT pg_sleep(secs)` on `n` new clients at once.
-async fn sleepers(env: &Env, n: usize, secs: f64) {
-    let mut tasks = Vec::new();
-    for _ in 0..n {
-        let c = env.connect().await;
-        tasks.push(tokio::spawn(async move {
-            c.simple_query(&format!("SELECT pg_sleep({secs})"))
-                .await
-                .map(|_| ())
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap().expect("sleeper failed");
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_login_retry_spaces_out_attempts_while_clients_wait() {
@@ -59,7 +24,7 @@ async fn server_login_retry_spaces_out_attempts_while_clients_wait() {
     .await;
     let direct = env.direct().await;
     let c = Arc::new(env.connect().await);
-    let old = pid(&c).await;
+    let old = backend_pid(&c).await;
     // The server connection dies and, for a while, logins fail.
     fwd.set_refusing(true);
     direct
@@ -116,7 +81,7 @@ async fn a_dead_first_host_is_skipped_not_retried_per_connection() {
     let m = env.try_connect("md5user", MD5_PW).await.unwrap();
     m.simple_query("SELECT 1").await.unwrap();
     let direct = env.direct().await;
-    assert!(count(&direct, "usename IN ('app', 'md5user')").await >= 5);
+    assert!(activity_count(&direct, "usename IN ('app', 'md5user')").await >= 5);
     assert_eq!(dead.accepted(), 1, "the dead host was retried");
 
     // A host with nothing listening (connections refused) is skipped the same way.

@@ -11,7 +11,7 @@ mod common;
 use common::*;
 use pgferry::app::{self, Running};
 use pgferry::config::{AuthType, Config, PoolMode, TlsMode};
-use pgferry::testkit::{give_to_server_user, ClusterOptions, PasswordMethod, PgCluster};
+use pgferry::testkit::{give_to_server_user, ClusterOptions, PgCluster};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
@@ -128,25 +128,6 @@ impl Pki {
             dir,
         }
     }
-}
-
-/// Roles and data as in `common::cluster`, on a cluster started with `opts`.
-fn cluster_with(opts: ClusterOptions) -> PgCluster {
-    let pg = PgCluster::start_with(opts).expect("start PostgreSQL");
-    pg.create_user("app", APP_PW, PasswordMethod::Scram)
-        .unwrap();
-    pg.create_user("md5user", MD5_PW, PasswordMethod::Md5)
-        .unwrap();
-    pg.create_database("shop", "app").unwrap();
-    pg.psql(
-        "shop",
-        "CREATE TABLE items (id int PRIMARY KEY, name text, qty int);
-         INSERT INTO items SELECT g, 'item ' || g, g FROM generate_series(1, 100) g;
-         ALTER TABLE items OWNER TO app;
-         GRANT ALL ON items TO md5user;",
-    )
-    .unwrap();
-    pg
 }
 
 /// PostgreSQL with `ssl = on`, its certificate from `pki`, asking clients for certificates

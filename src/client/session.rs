@@ -783,7 +783,7 @@ impl Session<'_> {
         // KILL / KILL_CLIENT also reach a client that is waiting for a server, and so does the
         // client's own CancelRequest (the request is answered as cancelled, never run); a client
         // waiting longer than query_wait_notify is told so once (PgBouncer's NOTICE).
-        let notify = crate::config::secs(self.app.config.load().pgferry.query_wait_notify);
+        let notify = crate::config::secs(self.config.pgferry.query_wait_notify);
         let pool = self.pool.clone();
         let cancel = self.cancel.clone();
         let checkout = pool.checkout();

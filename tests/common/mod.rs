@@ -4,7 +4,7 @@
 
 use pgferry::app::{self, Running};
 use pgferry::config::{AuthType, Config, Database, PoolMode};
-use pgferry::testkit::{PasswordMethod, PgCluster};
+use pgferry::testkit::{ClusterOptions, PasswordMethod, PgCluster};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -25,7 +25,12 @@ pub struct Env {
 /// Starts PostgreSQL with roles `app` (SCRAM) and `md5user` (md5), database `shop` owned by
 /// `app` holding table `items(id int primary key, name text, qty int)` with 100 rows.
 pub fn cluster() -> PgCluster {
-    let pg = PgCluster::start().expect("start PostgreSQL");
+    cluster_with(ClusterOptions::default())
+}
+
+/// [`cluster`] on a cluster started with `opts` (e.g. ssl = on).
+pub fn cluster_with(opts: ClusterOptions) -> PgCluster {
+    let pg = PgCluster::start_with(opts).expect("start PostgreSQL");
     pg.create_user("app", APP_PW, PasswordMethod::Scram)
         .unwrap();
     pg.create_user("md5user", MD5_PW, PasswordMethod::Md5)
@@ -214,5 +219,41 @@ where
             return false;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Backends in `pg_stat_activity` matching the SQL condition `cond`.
+pub async fn activity_count(direct: &Client, cond: &str) -> i64 {
+    direct
+        .query_one(
+            &format!("SELECT count(*) FROM pg_stat_activity WHERE {cond}"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// The backend process id behind `c`.
+pub async fn backend_pid(c: &Client) -> i32 {
+    c.query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Runs `SELECT pg_sleep(secs)` on `n` new clients at once.
+pub async fn sleepers(env: &Env, n: usize, secs: f64) {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let c = env.connect().await;
+        tasks.push(tokio::spawn(async move {
+            c.simple_query(&format!("SELECT pg_sleep({secs})"))
+                .await
+                .map(|_| ())
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().expect("sleeper failed");
     }
 }
