@@ -237,7 +237,7 @@ fn kill(ctx: &mut Ctx<'_>, app: &App, arg: &str) {
     }
     for c in app.client_list.iter() {
         if dbs.contains(&c.database) {
-            c.kill.notify_one();
+            c.kill.kill();
         }
     }
     for p in app.all_pools() {
@@ -256,7 +256,7 @@ fn kill_client(ctx: &mut Ctx<'_>, app: &App, arg: &str) {
     match app.client_list.get(&id) {
         Some(c) => {
             tracing::info!(client = id, "KILL_CLIENT");
-            c.kill.notify_one();
+            c.kill.kill();
             ctx.done("KILL_CLIENT");
         }
         None => ctx.error("client not found"),

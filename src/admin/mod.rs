@@ -121,7 +121,7 @@ async fn session(ctx: &mut Ctx<'_>, conn: &mut Conn<Stream>) -> Result<(), Clien
     loop {
         let frame = tokio::select! {
             f = conn.read_frame() => f?,
-            _ = ctx.info.kill.notified() => {
+            _ = ctx.info.kill.killed() => {
                 build::error(conn.out(), Severity::Fatal, "57P01",
                     "terminating connection due to administrator command");
                 conn.flush().await?;

@@ -36,6 +36,18 @@ impl CancelSlot {
         *self.target.lock().await = t;
     }
 
+    /// Sets the target without waiting; false (nothing changed) while a cancel is being
+    /// delivered, when the caller must use [`CancelSlot::set`].
+    pub fn try_set(&self, t: Option<CancelTarget>) -> bool {
+        match self.target.try_lock() {
+            Ok(mut g) => {
+                *g = t;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Completes when a cancel arrives for this client while it has no server. Only cancels
     /// sent after this future was created count.
     pub fn cancelled_while_waiting(&self) -> tokio::sync::futures::Notified<'_> {

@@ -19,7 +19,7 @@ use registry::{ClientInfo, DbControl};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -80,6 +80,8 @@ pub struct App {
     clients_gone: Notify,
     pub counters: Counters,
     shutdown: watch::Sender<bool>,
+    /// True once shutdown began (what client sessions read; they are nudged when it changes).
+    pub shutting_down: AtomicBool,
     /// Prometheus recorder (None when `metrics_addr` is empty).
     pub metrics: Option<crate::metrics::Metrics>,
     /// Averages per `stats_period`, pools replaced by RELOAD (SHOW STATS).
@@ -127,6 +129,7 @@ impl App {
             clients_gone: Notify::new(),
             counters: Counters::default(),
             shutdown: watch::channel(false).0,
+            shutting_down: AtomicBool::new(false),
         }))
     }
 
@@ -354,12 +357,18 @@ impl App {
     }
 
     pub fn is_shutting_down(&self) -> bool {
-        *self.shutdown.borrow()
+        self.shutting_down.load(Ordering::SeqCst)
     }
 
     /// Stops accepting clients; each client is closed once it holds no open transaction.
     pub fn begin_shutdown(&self) {
+        // The flag first, then the nudges: a session registers its waker before it reads the
+        // flag, so either it sees the flag or the nudge wakes it.
+        self.shutting_down.store(true, Ordering::SeqCst);
         self.shutdown.send_replace(true);
+        for c in self.client_list.iter() {
+            c.kill.nudge();
+        }
     }
 
     /// Starts or escalates a shutdown; signals and the admin SHUTDOWN commands all come here,
@@ -374,7 +383,7 @@ impl App {
             ShutdownMode::Immediate => {
                 self.begin_shutdown();
                 for c in self.client_list.iter() {
-                    c.kill.notify_one();
+                    c.kill.kill();
                 }
                 for p in self.all_pools() {
                     p.close_idle();

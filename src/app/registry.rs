@@ -3,9 +3,11 @@
 //! database (PAUSE / DISABLE / RECONNECT state shared by all its pools). Updated by the client
 //! tasks with relaxed atomics; read without stopping anyone.
 
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
@@ -66,8 +68,55 @@ pub struct ClientInfo {
     pub application_name: Mutex<String>,
     /// Protocol and cipher when the client uses TLS (SHOW CLIENTS `tls`), set after login.
     pub tls: std::sync::OnceLock<String>,
-    /// Notified to disconnect the client (KILL, KILL_CLIENT, removed database).
-    pub kill: Notify,
+    /// Tells the client's task to disconnect (KILL, KILL_CLIENT, removed database) or to look
+    /// at the shutdown state.
+    pub kill: ClientSignal,
+}
+
+/// What woke a client's task through its [`ClientSignal`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    Killed,
+    ShuttingDown,
+}
+
+/// A flag plus the waker of the one task that waits on it (the client's own). Waiting costs
+/// no allocation and no registration in a shared list: the task re-registers its waker (a
+/// no-op when unchanged) and reads the flags each time it is about to sleep.
+#[derive(Debug, Default)]
+pub struct ClientSignal {
+    killed: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl ClientSignal {
+    /// Disconnects the client at its next wait (also a wait for a server).
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::SeqCst);
+        self.waker.wake();
+    }
+
+    /// Wakes the task so it looks at shared state again (shutdown began).
+    pub fn nudge(&self) {
+        self.waker.wake();
+    }
+
+    /// Ready once the client is killed, or (with `shutdown`) once that flag is set.
+    pub fn poll(&self, cx: &mut Context<'_>, shutdown: Option<&AtomicBool>) -> Poll<Wake> {
+        self.waker.register(cx.waker());
+        if self.killed.load(Ordering::SeqCst) {
+            return Poll::Ready(Wake::Killed);
+        }
+        if shutdown.is_some_and(|s| s.load(Ordering::SeqCst)) {
+            return Poll::Ready(Wake::ShuttingDown);
+        }
+        Poll::Pending
+    }
+
+    /// Completes once the client is killed.
+    pub async fn killed(&self) {
+        std::future::poll_fn(|cx| self.poll(cx, None).map(|_| ())).await
+    }
 }
 
 impl ClientInfo {
@@ -94,7 +143,7 @@ impl ClientInfo {
             prepared_statements: AtomicUsize::new(0),
             application_name: Mutex::new(application_name.to_owned()),
             tls: std::sync::OnceLock::new(),
-            kill: Notify::new(),
+            kill: ClientSignal::default(),
         }
     }
 

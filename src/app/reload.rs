@@ -133,7 +133,7 @@ impl App {
         for db in removed {
             let mut n = 0;
             for c in self.client_list.iter().filter(|c| c.database == db) {
-                c.kill.notify_one();
+                c.kill.kill();
                 n += 1;
             }
             notes.push(format!(

@@ -197,6 +197,7 @@ async fn startup(
         &cfg.pgferry.track_extra_parameters,
         &cfg.pgferry.ignore_startup_parameters,
     );
+    params.share(&pool.param_sets);
     let mut server = None;
     let (pid, secret, cancel) = if pool.settings().mode == PoolMode::Session {
         // Session mode tells the truth: the client gets its server's real BackendKeyData, so

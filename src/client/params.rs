@@ -3,7 +3,8 @@
 //! search_path, and any GUC it sent at startup), and the SQL that makes a server connection
 //! match them before the client uses it.
 
-use crate::server::{quote_literal, ServerConn};
+use crate::server::{quote_literal, ParamSet, ServerConn};
+use std::sync::Arc;
 
 /// Parameters tracked for every client (lowercase).
 const TRACKED: &[&str] = &[
@@ -22,7 +23,9 @@ const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
 /// What one client expects of the server it is given (lowercase name → value).
 #[derive(Debug, Default, Clone)]
 pub struct ClientParams {
-    wanted: Vec<(String, String)>,
+    /// Shared with other clients that want the same ([`ClientParams::share`]); copied on
+    /// write.
+    wanted: ParamSet,
     extra_tracked: Vec<String>,
 }
 
@@ -35,7 +38,7 @@ impl ClientParams {
         ignored: &[String],
     ) -> Self {
         let mut p = ClientParams {
-            wanted: Vec::new(),
+            wanted: Arc::new(Vec::new()),
             extra_tracked: extra_tracked
                 .iter()
                 .map(|s| s.to_ascii_lowercase())
@@ -71,10 +74,44 @@ impl ClientParams {
     }
 
     pub fn set(&mut self, lower: String, value: String) {
-        match self.wanted.iter_mut().find(|(k, _)| *k == lower) {
-            Some(slot) => slot.1 = value,
-            None => self.wanted.push((lower, value)),
+        match self.wanted.iter().position(|(k, _)| *k == lower) {
+            Some(i) if self.wanted[i].1 == value => {}
+            Some(i) => Arc::make_mut(&mut self.wanted)[i].1 = value,
+            None => Arc::make_mut(&mut self.wanted).push((lower, value)),
         }
+    }
+
+    /// Uses an equal parameter set another client already has (from `known`, which keeps
+    /// the last few distinct ones), so a server connection found to match one client is known
+    /// to match every client with the same settings without comparing them again.
+    pub fn share(&mut self, known: &parking_lot::Mutex<Vec<ParamSet>>) {
+        const KEEP: usize = 8;
+        let mut known = known.lock();
+        if let Some(same) = known.iter().find(|k| **k == self.wanted) {
+            self.wanted = Arc::clone(same);
+            return;
+        }
+        if known.len() >= KEEP {
+            known.remove(0);
+        }
+        known.push(Arc::clone(&self.wanted));
+    }
+
+    /// True when `server` has this client's settings; no SQL is then needed. Cheap when the
+    /// connection last served a client with the same (shared) settings.
+    pub fn in_sync(&self, server: &mut ServerConn) -> bool {
+        if server.matches(&self.wanted) {
+            return true;
+        }
+        let same = self
+            .wanted
+            .iter()
+            .all(|(k, v)| server.param(k) == Some(v.as_str()))
+            && server.unreported_names().all(|k| self.get(k).is_some());
+        if same {
+            server.mark_in_sync(&self.wanted);
+        }
+        same
     }
 
     /// Records a ParameterStatus the client's server sent while the client held it.
@@ -87,8 +124,11 @@ impl ClientParams {
 
     /// The SQL that makes `server` match this client, or None when it already does.
     pub fn sync_sql(&self, server: &ServerConn) -> Option<String> {
+        if server.matches(&self.wanted) {
+            return None;
+        }
         let mut sets = Vec::new();
-        for (k, v) in &self.wanted {
+        for (k, v) in self.wanted.iter() {
             if server.param(k) != Some(v.as_str()) {
                 sets.push(format!(
                     "set_config({}, {}, false)",
@@ -103,7 +143,7 @@ impl ClientParams {
             sql.push_str(&sets.join(", "));
             sql.push(';');
         }
-        for k in server.unreported.keys() {
+        for k in server.unreported_names() {
             if self.get(k).is_none() {
                 // Names come from the client's own settings and were accepted by set_config
                 // before; quote them as identifiers all the same.
@@ -116,18 +156,21 @@ impl ClientParams {
     /// After a successful sync: remember what the server now has, and adopt the server's
     /// canonical spelling of reported values (`ISO` → `ISO, MDY`).
     pub fn after_sync(&mut self, server: &mut ServerConn) {
-        server
-            .unreported
-            .retain(|k, _| self.wanted.iter().any(|(w, _)| w == k));
-        for (k, v) in &mut self.wanted {
+        let wanted = Arc::clone(&self.wanted);
+        server.retain_unreported(|k, _| wanted.iter().any(|(w, _)| w == k));
+        for (k, v) in wanted.iter() {
             if server.is_reported(k) {
                 if let Some(actual) = server.param(k) {
-                    *v = actual.to_owned();
+                    if actual != v {
+                        let actual = actual.to_owned();
+                        self.set(k.clone(), actual);
+                    }
                 }
             } else {
-                server.unreported.insert(k.clone(), v.clone());
+                server.set_unreported(k.clone(), v.clone());
             }
         }
+        server.mark_in_sync(&self.wanted);
     }
 
     /// ParameterStatus values to announce at login: the welcome set with the client's own.

@@ -9,7 +9,7 @@ use super::params::ClientParams;
 use super::statements::{Statements, Stmt};
 use super::ClientError;
 use crate::app::cancel::{CancelSlot, CancelTarget};
-use crate::app::registry::{now_us, ClientInfo, ClientState};
+use crate::app::registry::{now_us, ClientInfo, ClientState, Wake};
 use crate::app::App;
 use crate::config::{ClientTimeouts, PoolMode};
 use crate::insight::{SessionContext, SessionDetector};
@@ -28,7 +28,6 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 
 /// A request sent to the server (or answered locally) whose reply is still to come, in order.
 #[derive(Debug)]
@@ -89,10 +88,10 @@ struct Stat {
 }
 
 impl Stat {
-    fn new(analysis: Arc<Analysis>) -> Self {
+    fn new(analysis: Arc<Analysis>, start: Instant) -> Self {
         Stat {
             analysis,
-            start: Instant::now(),
+            start,
             rows: 0,
             error: false,
         }
@@ -160,7 +159,6 @@ struct Session<'a> {
     /// before the server is given back.
     search_path_dirty: bool,
     cancel: Arc<CancelSlot>,
-    shutdown: watch::Receiver<bool>,
     info: Arc<ClientInfo>,
     tally: Tally,
     /// CopyDone/CopyFail messages forwarded so far.
@@ -181,6 +179,8 @@ struct Session<'a> {
     /// The configuration `timeouts` were read from (re-read when a reload replaces it).
     config: Arc<crate::config::Config>,
     timeouts: ClientTimeouts,
+    /// The time, read at most once per turn of the session loop (see [`Session::now`]).
+    clock: Option<Instant>,
 }
 
 /// Runs a logged-in client's session until it ends.
@@ -220,7 +220,6 @@ pub async fn run(
         tx: b'I',
         search_path_dirty: false,
         cancel: login.cancel,
-        shutdown: app.shutdown_signal(),
         info,
         tally: Tally::default(),
         copy_ends: 0,
@@ -233,6 +232,7 @@ pub async fn run(
         xact_start: None,
         config: app.config.load_full(),
         timeouts: ClientTimeouts::default(),
+        clock: None,
     };
     s.timeouts = s.config.client_timeouts_for(&s.info.user);
     if let Some(c) = login.server {
@@ -248,8 +248,11 @@ pub async fn run(
 
 impl Session<'_> {
     async fn run_loop(&mut self) -> Result<(), ClientError> {
+        // Until the session has seen the shutdown begin (afterwards it only checks, each
+        // turn, whether it is idle enough to go).
         let mut watch_shutdown = true;
         loop {
+            self.clock = None;
             if let Some(c) = self.server.as_mut() {
                 match c.conn().conn.try_frame() {
                     Ok(Some(f)) => {
@@ -283,7 +286,7 @@ impl Session<'_> {
                     }
                 }
             }
-            if *self.shutdown.borrow() && self.is_idle() {
+            if self.app.is_shutting_down() && self.is_idle() {
                 build::error(
                     self.client.out(),
                     Severity::Fatal,
@@ -306,28 +309,31 @@ impl Session<'_> {
                     None => std::future::pending().await,
                 }
             };
+            // KILL and the start of a shutdown wake the session through its signal: no
+            // registration in a shared list per wait.
+            let info = &self.info;
+            let shutdown = watch_shutdown.then_some(&self.app.shutting_down);
+            let signal = std::future::poll_fn(|cx| info.kill.poll(cx, shutdown));
             let server_err = match self.server.as_mut() {
                 Some(c) => {
                     let sconn = &mut c.conn().conn;
                     tokio::select! {
-                        r = self.client.fill() => { r?; None }
+                        r = self.client.fill_when_readable() => { r?; None }
                         r = sconn.fill() => r.err(),
-                        _ = self.info.kill.notified() => return self.killed().await,
-                        r = self.shutdown.changed(), if watch_shutdown => {
-                            watch_shutdown = r.is_ok();
-                            None
-                        }
+                        w = signal => match w {
+                            Wake::Killed => return self.killed().await,
+                            Wake::ShuttingDown => { watch_shutdown = false; None }
+                        },
                         which = expired => return Box::pin(self.timed_out(which)).await,
                     }
                 }
                 None => {
                     tokio::select! {
                         r = self.client.fill_when_readable() => { r?; None }
-                        _ = self.info.kill.notified() => return self.killed().await,
-                        r = self.shutdown.changed(), if watch_shutdown => {
-                            watch_shutdown = r.is_ok();
-                            None
-                        }
+                        w = signal => match w {
+                            Wake::Killed => return self.killed().await,
+                            Wake::ShuttingDown => { watch_shutdown = false; None }
+                        },
                         which = expired => return Box::pin(self.timed_out(which)).await,
                     }
                 }
@@ -336,6 +342,13 @@ impl Session<'_> {
                 self.server_lost(&e).await?;
             }
         }
+    }
+
+    /// Now, as far as timing one turn of the loop goes: the messages handled in one turn (a
+    /// Query and its checkout; a reply and its release) share one clock read. Anything that
+    /// can wait for long within a turn resets it.
+    fn now(&mut self) -> Instant {
+        *self.clock.get_or_insert_with(Instant::now)
     }
 
     /// The earliest per-client timeout that can end the coming wait, if any is set. The idle
@@ -478,12 +491,12 @@ impl Session<'_> {
                 }
                 // Literals are inline in a simple query: the text itself is the parameter set.
                 let stat = self.analyze(q).map(|(a, h)| self.observe(a, h));
-                if Box::pin(self.ensure_server(false)).await? {
+                if self.ensure_server(false).await? {
                     self.forward(&f, Some(Pending::Query { stat }));
                 }
             }
             tag::FUNCTION_CALL => {
-                if Box::pin(self.ensure_server(false)).await? {
+                if self.ensure_server(false).await? {
                     self.forward(&f, Some(Pending::Query { stat: None }));
                 }
             }
@@ -493,7 +506,7 @@ impl Session<'_> {
             tag::EXECUTE => {
                 self.tally.queries += 1;
                 let stat = self.bound.clone().map(|(a, h)| self.observe(a, h));
-                if Box::pin(self.ensure_server(true)).await? {
+                if self.ensure_server(true).await? {
                     let copy_ends = self.copy_ends;
                     self.forward(&f, Some(Pending::Execute { copy_ends, stat }));
                     self.unsynced = true;
@@ -552,7 +565,7 @@ impl Session<'_> {
             self.search_path_dirty = true;
         }
         if !self.rewrite || p.name.is_empty() {
-            if Box::pin(self.ensure_server(true)).await? {
+            if self.ensure_server(true).await? {
                 self.forward(
                     f,
                     Some(Pending::Parse {
@@ -574,7 +587,7 @@ impl Session<'_> {
             return Ok(());
         }
         let stmt = Arc::new(Stmt::from_parse(&p));
-        if !Box::pin(self.ensure_server(true)).await? {
+        if !self.ensure_server(true).await? {
             return Ok(());
         }
         self.stmts.insert(p.name, stmt.clone());
@@ -646,7 +659,7 @@ impl Session<'_> {
                 .map(|a| (a.clone(), text_hash(b.rest)));
         }
         if !self.rewrite || b.statement.is_empty() {
-            if Box::pin(self.ensure_server(true)).await? {
+            if self.ensure_server(true).await? {
                 self.forward(f, Some(Pending::Bind));
                 self.unsynced = true;
             }
@@ -655,7 +668,7 @@ impl Session<'_> {
         let Some(stmt) = self.lookup(b.statement) else {
             return Ok(());
         };
-        if !Box::pin(self.ensure_server(true)).await? {
+        if !self.ensure_server(true).await? {
             return Ok(());
         }
         self.ensure_prepared(&stmt);
@@ -671,7 +684,7 @@ impl Session<'_> {
             return self.protocol_violation("malformed Describe message").await;
         };
         if !self.rewrite || d.kind != b'S' || d.name.is_empty() {
-            if Box::pin(self.ensure_server(true)).await? {
+            if self.ensure_server(true).await? {
                 self.forward(f, Some(Pending::Describe));
                 self.unsynced = true;
             }
@@ -680,7 +693,7 @@ impl Session<'_> {
         let Some(stmt) = self.lookup(d.name) else {
             return Ok(());
         };
-        if !Box::pin(self.ensure_server(true)).await? {
+        if !self.ensure_server(true).await? {
             return Ok(());
         }
         self.ensure_prepared(&stmt);
@@ -728,7 +741,7 @@ impl Session<'_> {
             c.conn().conn.queue(f.raw());
             if let Some(p) = p {
                 if self.request_start.is_none() {
-                    self.request_start = Some(Instant::now());
+                    self.request_start = Some(self.now());
                 }
                 self.pending.push_back(p);
             }
@@ -779,52 +792,41 @@ impl Session<'_> {
         if self.server.is_some() {
             return Ok(true);
         }
-        self.info.set_state(ClientState::Waiting);
-        // KILL / KILL_CLIENT also reach a client that is waiting for a server, and so does the
-        // client's own CancelRequest (the request is answered as cancelled, never run); a client
-        // waiting longer than query_wait_notify is told so once (PgBouncer's NOTICE).
-        let notify = crate::config::secs(self.config.pgferry.query_wait_notify);
-        let pool = self.pool.clone();
-        let cancel = self.cancel.clone();
-        let checkout = pool.checkout();
-        tokio::pin!(checkout);
-        let mut notified = notify.is_none();
-        let notify_at = tokio::time::sleep(notify.unwrap_or_default());
-        tokio::pin!(notify_at);
-        let checkout = loop {
-            // Biased: when a server is free at once, the notice timer is never polled, so it
-            // never enters the timer wheel.
-            tokio::select! {
-                biased;
-                c = &mut checkout => break c,
-                _ = self.info.kill.notified() => {
-                    self.info.set_state(ClientState::Idle);
-                    return self.killed().await.map(|_| false);
-                }
-                _ = &mut notify_at, if !notified => {
-                    notified = true;
-                    build::notice(
-                        self.client.out(),
-                        Severity::Notice,
-                        "00000",
-                        "No server connection available in postgres backend, client being queued",
-                    );
-                    self.client.flush().await?;
-                }
-                _ = cancel.cancelled_while_waiting() => {
-                    self.info.set_state(ClientState::Idle);
-                    let msg = "canceling statement due to user request";
-                    if extended {
-                        self.local_error("57014", msg);
-                    } else {
-                        build::error(self.client.out(), Severity::Error, "57014", msg);
-                        build::ready_for_query(self.client.out(), self.tx);
-                    }
-                    return Ok(false);
+        // The common case, without a future: an idle server is free, already has the client's
+        // parameters, and no cancel is being delivered.
+        let now = self.now();
+        let ready = match self.pool.try_checkout_now(now) {
+            Some(mut c) => {
+                if !self.params.in_sync(c.conn()) {
+                    Some(c)
+                } else if let Err(c) = self.try_attach(c) {
+                    Some(c)
+                } else {
+                    return Ok(true);
                 }
             }
+            None => None,
         };
-        self.info.set_state(ClientState::Idle);
+        // Boxed: waiting, connecting and applying parameters keep their state out of every
+        // client's resident task.
+        Box::pin(self.get_server(extended, ready)).await
+    }
+
+    /// [`Session::ensure_server`] beyond the fast path: waits for a server unless `ready` is
+    /// one, applies the client's parameters, attaches it.
+    async fn get_server(
+        &mut self,
+        extended: bool,
+        ready: Option<Checkout>,
+    ) -> Result<bool, ClientError> {
+        let checkout = match ready {
+            Some(c) => Ok(c),
+            None => match self.wait_for_server(extended).await? {
+                Some(r) => r,
+                None => return Ok(false),
+            },
+        };
+        self.clock = None; // the wait may have been long
         let mut c = match checkout {
             Ok(c) => c,
             Err(PoolError::WaitTimeout) => {
@@ -893,21 +895,86 @@ impl Session<'_> {
         Ok(true)
     }
 
+    /// Waits for a checkout. `Ok(None)`: the wait ended without one and the client was told
+    /// (cancelled); errors of the checkout itself are returned for the caller to report.
+    async fn wait_for_server(
+        &mut self,
+        extended: bool,
+    ) -> Result<Option<Result<Checkout, PoolError>>, ClientError> {
+        self.info.set_state(ClientState::Waiting);
+        // KILL / KILL_CLIENT also reach a client that is waiting for a server, and so does the
+        // client's own CancelRequest (the request is answered as cancelled, never run); a client
+        // waiting longer than query_wait_notify is told so once (PgBouncer's NOTICE).
+        let notify = crate::config::secs(self.config.pgferry.query_wait_notify);
+        let pool = self.pool.clone();
+        let cancel = self.cancel.clone();
+        let checkout = pool.checkout();
+        tokio::pin!(checkout);
+        let mut notified = notify.is_none();
+        let notify_at = tokio::time::sleep(notify.unwrap_or_default());
+        tokio::pin!(notify_at);
+        let checkout = loop {
+            // Biased: when a server is free at once, the notice timer is never polled, so it
+            // never enters the timer wheel.
+            tokio::select! {
+                biased;
+                c = &mut checkout => break c,
+                _ = self.info.kill.killed() => {
+                    self.info.set_state(ClientState::Idle);
+                    return self.killed().await.map(|_| None);
+                }
+                _ = &mut notify_at, if !notified => {
+                    notified = true;
+                    build::notice(
+                        self.client.out(),
+                        Severity::Notice,
+                        "00000",
+                        "No server connection available in postgres backend, client being queued",
+                    );
+                    self.client.flush().await?;
+                }
+                _ = cancel.cancelled_while_waiting() => {
+                    self.info.set_state(ClientState::Idle);
+                    let msg = "canceling statement due to user request";
+                    if extended {
+                        self.local_error("57014", msg);
+                    } else {
+                        build::error(self.client.out(), Severity::Error, "57014", msg);
+                        build::ready_for_query(self.client.out(), self.tx);
+                    }
+                    return Ok(None);
+                }
+            }
+        };
+        self.info.set_state(ClientState::Idle);
+        Ok(Some(checkout))
+    }
+
     /// Makes `c` the client's server: cancels now reach it, the console shows the link.
     async fn attach(&mut self, c: Checkout) {
+        if let Err(c) = self.try_attach(c) {
+            // A cancel is being delivered for this client: wait for it to finish.
+            self.cancel.set(Some(cancel_target(&c))).await;
+            self.linked(c);
+        }
+    }
+
+    /// [`Session::attach`] without waiting; gives `c` back while a cancel is being delivered.
+    fn try_attach(&mut self, c: Checkout) -> Result<(), Checkout> {
+        if !self.cancel.try_set(Some(cancel_target(&c))) {
+            return Err(c);
+        }
+        self.linked(c);
+        Ok(())
+    }
+
+    fn linked(&mut self, c: Checkout) {
         let sc = c.conn_ref();
-        self.cancel
-            .set(Some(CancelTarget {
-                addr: sc.addr,
-                pid: sc.pid,
-                secret: sc.secret,
-            }))
-            .await;
         sc.info.client.store(self.info.id, Ordering::Relaxed);
         self.info.server.store(sc.id, Ordering::Relaxed);
         self.info.set_state(ClientState::Active);
         if self.xact_start.is_none() {
-            self.xact_start = Some(Instant::now());
+            self.xact_start = Some(self.now());
         }
         self.server = Some(c);
     }
@@ -1062,8 +1129,11 @@ impl Session<'_> {
             return Err(ClientError::Refused("transaction in statement mode".into()));
         }
         if self.mode != PoolMode::Session && self.is_idle() {
-            // Boxed: rarely large, and kept out of every client's resident task size.
-            Box::pin(self.release()).await;
+            let now = self.now();
+            if !self.try_release(now) {
+                // Boxed: rarely large, and kept out of every client's resident task size.
+                Box::pin(self.release()).await;
+            }
         }
         Ok(())
     }
@@ -1078,8 +1148,9 @@ impl Session<'_> {
 
     /// Feeds a statement to the N+1 detector and starts timing it.
     fn observe(&mut self, a: Arc<Analysis>, params_hash: u64) -> Stat {
+        let now = self.now();
         if let Some(d) = self.detector.as_mut() {
-            if let Some(n) = d.on_statement(Instant::now(), &a, params_hash) {
+            if let Some(n) = d.on_statement(now, &a, params_hash) {
                 if self.app.config.load().pgferry.n_plus_one_notice {
                     let mut b = BytesMut::new();
                     build::notice_full(
@@ -1094,12 +1165,12 @@ impl Session<'_> {
                 }
             }
         }
-        Stat::new(a)
+        Stat::new(a, now)
     }
 
     /// A timed statement finished: statistics and the detector's server time.
     fn complete(&mut self, st: Stat) {
-        let d = st.start.elapsed();
+        let d = self.now().saturating_duration_since(st.start);
         if let Some(det) = self.detector.as_mut() {
             det.on_complete(d);
         }
@@ -1116,8 +1187,8 @@ impl Session<'_> {
 
     /// Adds this request's counters and times to the pool's totals (once per ReadyForQuery).
     fn account(&mut self, status: u8) {
+        let now = self.now();
         let st = &self.pool.stats;
-        let now = Instant::now();
         if self.pending.is_empty() {
             if let Some(t0) = self.request_start.take() {
                 let d = now.duration_since(t0);
@@ -1170,7 +1241,7 @@ impl Session<'_> {
                 let sc = c.conn();
                 sc.prepared.clear();
                 if t == b"DISCARD ALL" {
-                    sc.unreported.clear();
+                    sc.retain_unreported(|_, _| false);
                 }
             }
         }
@@ -1221,6 +1292,24 @@ impl Session<'_> {
         }
     }
 
+    /// [`Session::release`] when it needs no query and no wait (the common case); false when
+    /// the caller must use `release`.
+    fn try_release(&mut self, now: Instant) -> bool {
+        if self.server.is_none()
+            || self.search_path_dirty
+            || self.pool.resets_always()
+            || !self.cancel.try_set(None)
+        {
+            return false;
+        }
+        if let Some(c) = self.server.take() {
+            self.info.server.store(0, Ordering::Relaxed);
+            self.info.set_state(ClientState::Idle);
+            c.release_at(now);
+        }
+        true
+    }
+
     /// Gives the server back to the pool once the client's transaction is over.
     async fn release(&mut self) {
         let Some(mut c) = self.server.take() else {
@@ -1231,7 +1320,7 @@ impl Session<'_> {
             match c.conn().hidden_query("SHOW search_path").await {
                 Ok((rows, b'I')) => {
                     if let Some(v) = rows.into_iter().next() {
-                        c.conn().unreported.insert("search_path".into(), v.clone());
+                        c.conn().set_unreported("search_path".into(), v.clone());
                         self.params.set("search_path".into(), v);
                     }
                 }
@@ -1249,7 +1338,7 @@ impl Session<'_> {
                 return;
             }
             c.conn().prepared.clear();
-            c.conn().unreported.clear();
+            c.conn().retain_unreported(|_, _| false);
         }
         // Clear the cancel target first: a cancel being delivered finishes before the server
         // can run anyone else's query.
@@ -1338,7 +1427,7 @@ impl Session<'_> {
                 return;
             }
             c.conn().prepared.clear();
-            c.conn().unreported.clear();
+            c.conn().retain_unreported(|_, _| false);
         }
         c.release();
     }
@@ -1362,6 +1451,15 @@ const FRONTEND_TAGS: &[u8] = &[
 ];
 
 /// Rows reported by a CommandComplete tag (`SELECT 5`, `INSERT 0 1`, `UPDATE 3`), else 0.
+fn cancel_target(c: &Checkout) -> CancelTarget {
+    let sc = c.conn_ref();
+    CancelTarget {
+        addr: sc.addr,
+        pid: sc.pid,
+        secret: sc.secret,
+    }
+}
+
 fn tag_rows(t: &[u8]) -> u64 {
     let last = t.rsplit(|b| *b == b' ').next().unwrap_or_default();
     std::str::from_utf8(last)
@@ -1390,8 +1488,13 @@ fn mentions_search_path(q: &[u8]) -> bool {
     if starts(b"discard") || starts(b"reset") {
         return true;
     }
-    q.windows(NEEDLE.len())
-        .any(|w| w.eq_ignore_ascii_case(NEEDLE))
+    // Anchored on the underscore (found with SIMD) rather than comparing at every byte.
+    const AT: usize = 6; // b"search".len()
+    memchr::memchr_iter(b'_', q).any(|i| {
+        i >= AT
+            && q.get(i - AT..i - AT + NEEDLE.len())
+                .is_some_and(|w| w.eq_ignore_ascii_case(NEEDLE))
+    })
 }
 
 #[cfg(test)]
@@ -1401,5 +1504,14 @@ mod tests {
         assert!(super::mentions_search_path(b"SET SEARCH_PATH TO a"));
         assert!(super::mentions_search_path(b"  reset all"));
         assert!(!super::mentions_search_path(b"select 1"));
+        assert!(super::mentions_search_path(b"search_path"));
+        assert!(super::mentions_search_path(
+            b"select set_config('Search_Path', 'a', false)"
+        ));
+        assert!(!super::mentions_search_path(b"search_pat"));
+        assert!(!super::mentions_search_path(b"_search_pat_h"));
+        assert!(!super::mentions_search_path(
+            b"select a_b from pgbench_accounts where c_d = 1"
+        ));
     }
 }

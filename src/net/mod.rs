@@ -18,8 +18,12 @@ pub use tcp::TcpTuning;
 
 /// First read after an idle client's buffer was released.
 const SMALL_READ: usize = 1000;
+/// First output buffer after a release (grows as needed).
+const FIRST_WRITE: usize = 4096;
 /// Read buffer size for one read call; also the size up to which output is batched.
 const CHUNK: usize = 16 * 1024;
+/// Reads go into the buffer's free room until less than this is left.
+const MIN_ROOM: usize = 4096;
 /// Output is flushed once this much is queued, so a large result never piles up in memory.
 pub const FLUSH_AT: usize = 64 * 1024;
 
@@ -89,11 +93,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// Reads more bytes into the buffer. Cancel-safe: nothing is lost if the future is dropped.
     pub async fn fill(&mut self) -> Result<(), NetError> {
-        // Reserve for the frame being assembled, bounded so a large declared length is not
-        // allocated up front (it was already checked against max_packet_size).
-        let want = self.want.clamp(CHUNK, 256 * 1024);
+        // Room for the frame being assembled, bounded so a large declared length is not
+        // allocated up front (it was already checked against max_packet_size). Reads go into
+        // the room left after earlier frames until it runs low; reserving then moves what is
+        // left to the front of the allocation (no new one) once earlier frames are dropped.
+        let want = self.want.clamp(MIN_ROOM, 256 * 1024);
         if self.rbuf.capacity() - self.rbuf.len() < want {
-            self.rbuf.reserve(want);
+            let first = if self.rbuf.capacity() == 0 { CHUNK } else { 0 };
+            self.rbuf.reserve(want.max(first));
         }
         let n = self.stream.read_buf(&mut self.rbuf).await?;
         if n == 0 {
@@ -135,11 +142,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// Appends bytes to the output buffer.
     pub fn queue(&mut self, bytes: &[u8]) {
-        self.wbuf.extend_from_slice(bytes);
+        self.out().extend_from_slice(bytes);
     }
 
-    /// The output buffer, for builders that append messages directly.
+    /// The output buffer, for builders that append messages directly. A released buffer
+    /// comes back at a size most replies fit in, rather than growing by doubling from nothing.
     pub fn out(&mut self) -> &mut BytesMut {
+        if self.wbuf.capacity() == 0 {
+            self.wbuf.reserve(FIRST_WRITE);
+        }
         &mut self.wbuf
     }
 
@@ -209,13 +220,17 @@ impl Conn<Stream> {
         Ok(())
     }
 
-    /// Like [`Conn::fill`], but when the read buffer was released it first waits for the socket
-    /// to become readable, so no buffer is allocated while the peer is silent. Cancel-safe.
+    /// Like [`Conn::fill`], but when nothing is buffered and little room is left (the buffer
+    /// was released, or earlier requests used it up) it first waits for the socket to become
+    /// readable, so nothing is allocated while the peer is silent. Cancel-safe.
     pub async fn fill_when_readable(&mut self) -> Result<(), NetError> {
-        if self.rbuf.capacity() == 0 && self.stream.readable().await? {
+        let room = self.rbuf.capacity() - self.rbuf.len();
+        if self.rbuf.is_empty() && room < MIN_ROOM && self.stream.readable().await? {
             // Most requests are small: start with a buffer malloc serves from its fast path;
             // the frame header then tells `fill` how much more to reserve.
-            self.rbuf.reserve(SMALL_READ);
+            if room < SMALL_READ / 2 {
+                self.rbuf.reserve(SMALL_READ);
+            }
             if self.stream.read_buf(&mut self.rbuf).await? == 0 {
                 return Err(NetError::Closed);
             }

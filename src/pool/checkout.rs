@@ -6,7 +6,9 @@
 
 use super::hosts::HostSet;
 use super::limits::{Blocked, CapGuard};
-use super::{Permit, Pool, PoolError, PoolSettings, Pooled, CAP_POLL, CHECK_TIMEOUT, RETRY_PAUSE};
+use super::{
+    Permit, Pool, PoolError, PoolSettings, Pooled, PooledConn, CAP_POLL, CHECK_TIMEOUT, RETRY_PAUSE,
+};
 use crate::app::registry::now_us;
 use crate::server::{self, ServerConn, ServerError};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -50,6 +52,12 @@ impl Pool {
             .fetch_add(waited, Ordering::Relaxed);
         self.stats.wait_us_max.fetch_max(waited, Ordering::Relaxed);
         let p = self.obtain(&s, deadline, retry).await?;
+        self.lend(&mut checkout, p);
+        Ok(checkout)
+    }
+
+    /// Hands `p` to `checkout`, counted as in use.
+    fn lend(&self, checkout: &mut Checkout, p: Pooled) {
         p.conn.info.active.store(true, Ordering::Relaxed);
         p.conn
             .info
@@ -58,7 +66,58 @@ impl Pool {
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
         self.stats.active.fetch_add(1, Ordering::Relaxed);
         checkout.conn = Some(p);
-        Ok(checkout)
+    }
+
+    /// A checkout that needs no waiting: the database is not paused, a permit of the pool is
+    /// free and an idle connection is ready without `server_check_query`. `None` sends the
+    /// caller to [`Pool::checkout`] (which also covers everything this skips). No future, no
+    /// timer: the common case of a busy pool with idle connections stays synchronous.
+    pub fn try_checkout_now(self: &Arc<Self>, now: Instant) -> Option<Checkout> {
+        if self.control.is_paused() {
+            return None;
+        }
+        let permit = Permit::Main(self.main.try_acquire()?);
+        let mut checkout = Checkout {
+            conn: None,
+            pool: self.clone(),
+            permit: Some(permit),
+        };
+        let s = self.settings.load();
+        let p = loop {
+            let mut idle = self.idle.lock();
+            let p = if s.server_round_robin {
+                idle.pop_front()
+            } else {
+                idle.pop_back()
+            }?; // none idle: the permit goes back as `checkout` drops
+            if self.is_stale_at(&p.conn, &s, now) {
+                drop(idle);
+                drop(p);
+                continue;
+            }
+            let due = s
+                .server_check_delay
+                .is_none_or(|d| now.saturating_duration_since(p.conn.last_used) >= d);
+            if due {
+                // Needs server_check_query: put it back where it was, take the slow path.
+                if s.server_round_robin {
+                    idle.push_front(p);
+                } else {
+                    idle.push_back(p);
+                }
+                return None;
+            }
+            drop(idle);
+            let mut p = p;
+            if !p.conn.is_alive_idle() {
+                tracing::debug!(server = p.conn.id, "discarding idle server connection");
+                continue;
+            }
+            break p;
+        };
+        self.observer.wait(Duration::ZERO);
+        self.lend(&mut checkout, p);
+        Some(checkout)
     }
 
     /// A permit of the pool, or of its reserve once the client has waited reserve_pool_timeout.
@@ -205,7 +264,7 @@ impl Pool {
                 }
             }
             match self.open(&hosts, !retry, s).await {
-                Ok(conn) => return Ok(Pooled { conn, _caps: caps }),
+                Ok(conn) => return Ok(Box::new(PooledConn { conn, _caps: caps })),
                 Err(e) if retry && e.is_transient() && Instant::now() + RETRY_PAUSE < limit => {
                     tracing::debug!(db = %self.database, error = %e, "server not available; retrying");
                     // The hosts that failed are marked down; the loop waits for them.
@@ -327,10 +386,15 @@ impl Checkout {
     }
 
     /// Returns a clean, idle connection to the pool.
-    pub fn release(mut self) {
+    pub fn release(self) {
+        self.release_at(Instant::now());
+    }
+
+    /// [`Checkout::release`] when the caller has read the clock already.
+    pub fn release_at(mut self, now: Instant) {
         if let Some(c) = self.conn.take() {
             self.pool.stats.active.fetch_sub(1, Ordering::Relaxed);
-            self.pool.put_back(c);
+            self.pool.put_back(c, now);
         }
     }
 }

@@ -4,7 +4,7 @@
 //! opens connections until `min_pool_size` are open, within the pool's and the shared caps.
 //! It ends with the pool, when its database is removed, or when the instance shuts down.
 
-use super::{Pool, Pooled};
+use super::{Pool, Pooled, PooledConn};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -104,7 +104,7 @@ impl Pool {
             match r {
                 Ok(conn) => {
                     tracing::debug!(server = conn.id, db = %self.database, user = %self.user, "opened server connection for min_pool_size");
-                    self.put_back(Pooled { conn, _caps: guard });
+                    self.put_back(Box::new(PooledConn { conn, _caps: guard }), Instant::now());
                     self.main.give_back(permit);
                 }
                 Err(e) => {

@@ -115,7 +115,11 @@ pub struct PoolSettings {
 pub type Welcome = Arc<Vec<(String, String)>>;
 
 /// An open server connection, counted in its caps until it is dropped.
-struct Pooled {
+/// Boxed: connections move between the idle list and checkouts on every transaction, and a
+/// pointer moves cheaper than the connection.
+type Pooled = Box<PooledConn>;
+
+struct PooledConn {
     conn: ServerConn,
     _caps: CapGuard,
 }
@@ -163,6 +167,8 @@ pub struct Pool {
     /// The database was removed: nothing goes back to the pool, the janitor stops.
     closed: AtomicBool,
     welcome: Mutex<Option<Welcome>>,
+    /// The last few distinct client parameter sets, shared by clients that want the same.
+    pub param_sets: Mutex<Vec<crate::server::ParamSet>>,
     /// Serialises the first login's fetch of `welcome`, so a burst of new clients opens one
     /// server connection for it rather than queueing them all.
     welcome_fetch: tokio::sync::Mutex<()>,
@@ -196,6 +202,7 @@ impl Pool {
             generation: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             welcome: Mutex::new(None),
+            param_sets: Mutex::new(Vec::new()),
             welcome_fetch: tokio::sync::Mutex::new(()),
             stats: PoolStats::default(),
         });
@@ -207,6 +214,12 @@ impl Pool {
     /// The settings in force now.
     pub fn settings(&self) -> Arc<PoolSettings> {
         self.settings.load_full()
+    }
+
+    /// True when server_reset_query runs after every transaction (server_reset_query_always).
+    pub fn resets_always(&self) -> bool {
+        let s = self.settings.load();
+        s.server_reset_query_always && !s.server_reset_query.is_empty()
     }
 
     /// Where and as whom server connections are opened now.
@@ -287,8 +300,13 @@ impl Pool {
 
     /// Past server_lifetime, or opened before the last RECONNECT or change of server.
     fn is_stale(&self, c: &ServerConn, s: &PoolSettings) -> bool {
+        self.is_stale_at(c, s, Instant::now())
+    }
+
+    fn is_stale_at(&self, c: &ServerConn, s: &PoolSettings, now: Instant) -> bool {
         c.generation != self.generation()
-            || s.server_lifetime.is_some_and(|l| c.created.elapsed() >= l)
+            || s.server_lifetime
+                .is_some_and(|l| now.saturating_duration_since(c.created) >= l)
     }
 
     /// Changes whenever RECONNECT or RELOAD means existing connections must go.
@@ -332,17 +350,17 @@ impl Pool {
         Some(p)
     }
 
-    fn put_back(&self, mut p: Pooled) {
+    fn put_back(&self, mut p: Pooled, now: Instant) {
         p.conn.info.active.store(false, Ordering::Relaxed);
         p.conn.info.client.store(0, Ordering::Relaxed);
         let s = self.settings.load();
-        if self.is_closed() || self.is_stale(&p.conn, &s) {
+        if self.is_closed() || self.is_stale_at(&p.conn, &s, now) {
             return; // closed: database removed, RECONNECT, new server, or server_lifetime
         }
         if self.caps.pool.count() > self.caps.pool.limit() {
             return; // closed: the pool shrank
         }
-        p.conn.last_used = Instant::now();
+        p.conn.last_used = now;
         p.conn.conn.shrink();
         self.idle.lock().push_back(p);
         self.caps.announce_idle();

@@ -132,6 +132,10 @@ impl Drop for Tracker {
 }
 
 /// One logged-in server connection.
+/// One client's wanted session parameters (lowercase name → value), shared by clients that
+/// want the same and never changed while shared.
+pub type ParamSet = Arc<Vec<(String, String)>>;
+
 pub struct ServerConn {
     pub conn: Conn<Stream>,
     /// Unique id for logs and the admin console.
@@ -143,7 +147,10 @@ pub struct ServerConn {
     /// Reported parameters: lowercase name → (name as reported, value).
     pub params: HashMap<String, (String, String)>,
     /// Unreported parameters pgferry set on this connection (lowercase name → value).
-    pub unreported: HashMap<String, String>,
+    unreported: HashMap<String, String>,
+    /// The client parameter set this connection was last found to match (see
+    /// [`ServerConn::matches`]); forgotten whenever a parameter of the connection changes.
+    in_sync_with: Option<ParamSet>,
     /// pgferry-named prepared statements on this connection.
     pub prepared: prepared::Registry,
     pub created: Instant,
@@ -182,6 +189,7 @@ impl ServerConn {
             secret: 0,
             params: HashMap::new(),
             unreported: HashMap::new(),
+            in_sync_with: None,
             prepared: prepared::Registry::new(max_prepared),
             created: now,
             last_used: now,
@@ -200,6 +208,7 @@ impl ServerConn {
     /// Records a ParameterStatus; returns the (name, value) it carried.
     pub fn note_parameter(&mut self, frame: &Frame) -> Option<(String, String)> {
         let (name, value) = views::parameter_status(frame.body()).ok()?;
+        self.in_sync_with = None;
         self.params.insert(
             name.to_ascii_lowercase(),
             (name.to_owned(), value.to_owned()),
@@ -213,6 +222,38 @@ impl ServerConn {
             .get(lower)
             .map(|(_, v)| v.as_str())
             .or_else(|| self.unreported.get(lower).map(String::as_str))
+    }
+
+    /// Names of the unreported parameters pgferry set on this connection.
+    pub fn unreported_names(&self) -> impl Iterator<Item = &String> {
+        self.unreported.keys()
+    }
+
+    /// Records an unreported parameter pgferry set (or learned) on this connection.
+    pub fn set_unreported(&mut self, lower: String, value: String) {
+        self.in_sync_with = None;
+        self.unreported.insert(lower, value);
+    }
+
+    /// Forgets unreported parameters, keeping those `keep` says yes to (all are forgotten
+    /// after DISCARD ALL or server_reset_query).
+    pub fn retain_unreported(&mut self, keep: impl FnMut(&String, &mut String) -> bool) {
+        self.in_sync_with = None;
+        self.unreported.retain(keep);
+    }
+
+    /// True when this connection was found to have exactly the settings `set` asks for and
+    /// nothing changed since. `set` is immutable while shared (clients copy on write), and
+    /// held here, so pointer equality means equal contents.
+    pub fn matches(&self, set: &ParamSet) -> bool {
+        self.in_sync_with
+            .as_ref()
+            .is_some_and(|s| Arc::ptr_eq(s, set))
+    }
+
+    /// Remembers that this connection has the settings `set` asks for.
+    pub fn mark_in_sync(&mut self, set: &ParamSet) {
+        self.in_sync_with = Some(Arc::clone(set));
     }
 
     /// True if the server reports this parameter (GUC_REPORT).
