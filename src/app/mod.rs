@@ -529,6 +529,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         tracing::info!(listener = %l.describe(), "pgferry listening");
     }
     stats::spawn(&app);
+    stats::spawn_wait_notices(&app);
     crate::metrics::start(&app).await;
     let live = Arc::new(listen::Live::default());
     let accept = bound

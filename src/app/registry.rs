@@ -62,6 +62,8 @@ pub struct ClientInfo {
     pub request_time_us: AtomicU64,
     /// When the client started waiting for a server (µs since epoch), 0 if not waiting.
     pub wait_start_us: AtomicU64,
+    /// When that wait exceeds query_wait_timeout (µs since epoch), 0 if never.
+    pub wait_deadline_us: AtomicU64,
     /// Id of the server connection it holds, 0 if none.
     pub server: AtomicU64,
     pub prepared_statements: AtomicUsize,
@@ -78,6 +80,10 @@ pub struct ClientInfo {
 pub enum Wake {
     Killed,
     ShuttingDown,
+    /// The client has waited query_wait_notify for a server (set by `app::stats::notify_long_waits`).
+    LongWait,
+    /// The client has waited query_wait_timeout for a server.
+    WaitTimedOut,
 }
 
 /// A flag plus the waker of the one task that waits on it (the client's own). Waiting costs
@@ -86,6 +92,8 @@ pub enum Wake {
 #[derive(Debug, Default)]
 pub struct ClientSignal {
     killed: AtomicBool,
+    long_wait: AtomicBool,
+    wait_timed_out: AtomicBool,
     waker: AtomicWaker,
 }
 
@@ -101,6 +109,18 @@ impl ClientSignal {
         self.waker.wake();
     }
 
+    /// Tells a client waiting for a server that it has waited query_wait_notify.
+    pub fn long_wait(&self) {
+        self.long_wait.store(true, Ordering::SeqCst);
+        self.waker.wake();
+    }
+
+    /// Tells a client waiting for a server that it has waited query_wait_timeout.
+    pub fn wait_timed_out(&self) {
+        self.wait_timed_out.store(true, Ordering::SeqCst);
+        self.waker.wake();
+    }
+
     /// Ready once the client is killed, or (with `shutdown`) once that flag is set.
     pub fn poll(&self, cx: &mut Context<'_>, shutdown: Option<&AtomicBool>) -> Poll<Wake> {
         self.waker.register(cx.waker());
@@ -113,9 +133,34 @@ impl ClientSignal {
         Poll::Pending
     }
 
+    /// Completes once the client is killed ([`Wake::Killed`]), has waited query_wait_timeout
+    /// ([`Wake::WaitTimedOut`]) or, with `long_wait`, has waited query_wait_notify
+    /// ([`Wake::LongWait`], reported once).
+    pub async fn killed_or_long_wait(&self, long_wait: bool) -> Wake {
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(w) = self.poll(cx, None) {
+                return Poll::Ready(w);
+            }
+            if self.wait_timed_out.swap(false, Ordering::SeqCst) {
+                return Poll::Ready(Wake::WaitTimedOut);
+            }
+            if long_wait && self.long_wait.swap(false, Ordering::SeqCst) {
+                return Poll::Ready(Wake::LongWait);
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
     /// Completes once the client is killed.
     pub async fn killed(&self) {
-        std::future::poll_fn(|cx| self.poll(cx, None).map(|_| ())).await
+        self.killed_or_long_wait(false).await;
+    }
+
+    /// Forgets marks left from an earlier wait.
+    pub fn clear_long_wait(&self) {
+        self.long_wait.store(false, Ordering::SeqCst);
+        self.wait_timed_out.store(false, Ordering::SeqCst);
     }
 }
 
@@ -139,6 +184,7 @@ impl ClientInfo {
             state: AtomicU8::new(ClientState::Idle as u8),
             request_time_us: AtomicU64::new(now),
             wait_start_us: AtomicU64::new(0),
+            wait_deadline_us: AtomicU64::new(0),
             server: AtomicU64::new(0),
             prepared_statements: AtomicUsize::new(0),
             application_name: Mutex::new(application_name.to_owned()),
@@ -152,12 +198,24 @@ impl ClientInfo {
     }
 
     pub fn set_state(&self, s: ClientState) {
-        self.state.store(s as u8, Ordering::Relaxed);
         if s == ClientState::Waiting {
-            self.wait_start_us.store(now_us(), Ordering::Relaxed);
-        } else {
-            self.wait_start_us.store(0, Ordering::Relaxed);
+            self.start_waiting(None);
+            return;
         }
+        self.state.store(s as u8, Ordering::Relaxed);
+        self.wait_start_us.store(0, Ordering::Relaxed);
+        self.wait_deadline_us.store(0, Ordering::Relaxed);
+    }
+
+    /// The client starts waiting for a server, for at most `timeout` (query_wait_timeout,
+    /// enforced by the periodic check of waiting clients).
+    pub fn start_waiting(&self, timeout: Option<std::time::Duration>) {
+        let now = now_us();
+        let deadline = timeout.map_or(0, |t| now.saturating_add(t.as_micros() as u64).max(1));
+        self.wait_start_us.store(now, Ordering::Relaxed);
+        self.wait_deadline_us.store(deadline, Ordering::Relaxed);
+        self.state
+            .store(ClientState::Waiting as u8, Ordering::Relaxed);
     }
 }
 

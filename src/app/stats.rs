@@ -190,6 +190,43 @@ pub fn spawn(app: &Arc<App>) {
     });
 }
 
+/// Marks clients that have waited query_wait_notify or their pool's query_wait_timeout for a
+/// server, four times a second (as PgBouncer's periodic check does), so a waiting client arms
+/// no timer of its own. It ends when the app is dropped.
+pub fn spawn_wait_notices(app: &Arc<App>) {
+    let weak: Weak<App> = Arc::downgrade(app);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(app) = weak.upgrade() else { return };
+            notify_long_waits(&app);
+        }
+    });
+}
+
+fn notify_long_waits(app: &App) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let notify = crate::config::secs(app.config.load().pgferry.query_wait_notify)
+        .map(|d| d.as_micros() as u64);
+    let now = crate::app::registry::now_us();
+    for c in app.client_list.iter() {
+        if c.state() != crate::app::registry::ClientState::Waiting {
+            continue;
+        }
+        let deadline = c.wait_deadline_us.load(Relaxed);
+        if deadline != 0 && now >= deadline {
+            c.kill.wait_timed_out();
+            continue;
+        }
+        let since = c.wait_start_us.load(Relaxed);
+        if notify.is_some_and(|n| since != 0 && now.saturating_sub(since) >= n) {
+            c.kill.long_wait();
+        }
+    }
+}
+
 /// `log_stats`: one line per database with the averages of the period just closed, in
 /// PgBouncer's wording.
 fn log_averages(app: &App) {

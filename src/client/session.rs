@@ -323,6 +323,8 @@ impl Session<'_> {
                         w = signal => match w {
                             Wake::Killed => return self.killed().await,
                             Wake::ShuttingDown => { watch_shutdown = false; None }
+                            // Only reported while waiting for a server.
+                            Wake::LongWait | Wake::WaitTimedOut => None,
                         },
                         which = expired => return Box::pin(self.timed_out(which)).await,
                     }
@@ -333,6 +335,8 @@ impl Session<'_> {
                         w = signal => match w {
                             Wake::Killed => return self.killed().await,
                             Wake::ShuttingDown => { watch_shutdown = false; None }
+                            // Only reported while waiting for a server.
+                            Wake::LongWait | Wake::WaitTimedOut => None,
                         },
                         which = expired => return Box::pin(self.timed_out(which)).await,
                     }
@@ -901,37 +905,39 @@ impl Session<'_> {
         &mut self,
         extended: bool,
     ) -> Result<Option<Result<Checkout, PoolError>>, ClientError> {
-        self.info.set_state(ClientState::Waiting);
+        self.info.start_waiting(self.pool.query_wait_timeout());
         // KILL / KILL_CLIENT also reach a client that is waiting for a server, and so does the
         // client's own CancelRequest (the request is answered as cancelled, never run); a client
         // waiting longer than query_wait_notify is told so once (PgBouncer's NOTICE).
-        let notify = crate::config::secs(self.config.pgferry.query_wait_notify);
+        // The query_wait_notify mark comes from a periodic check over all clients
+        // (app::stats), not from a timer per wait.
         let pool = self.pool.clone();
         let cancel = self.cancel.clone();
-        let checkout = pool.checkout();
+        let checkout = pool.checkout_untimed();
         tokio::pin!(checkout);
-        let mut notified = notify.is_none();
-        let notify_at = tokio::time::sleep(notify.unwrap_or_default());
-        tokio::pin!(notify_at);
+        self.info.kill.clear_long_wait();
+        let mut notified = false;
         let checkout = loop {
-            // Biased: when a server is free at once, the notice timer is never polled, so it
-            // never enters the timer wheel.
             tokio::select! {
                 biased;
                 c = &mut checkout => break c,
-                _ = self.info.kill.killed() => {
+                w = self.info.kill.killed_or_long_wait(!notified) => {
+                    if w == Wake::WaitTimedOut {
+                        break Err(PoolError::WaitTimeout);
+                    }
+                    if w == Wake::LongWait {
+                        notified = true;
+                        build::notice(
+                            self.client.out(),
+                            Severity::Notice,
+                            "00000",
+                            "No server connection available in postgres backend, client being queued",
+                        );
+                        self.client.flush().await?;
+                        continue;
+                    }
                     self.info.set_state(ClientState::Idle);
                     return self.killed().await.map(|_| None);
-                }
-                _ = &mut notify_at, if !notified => {
-                    notified = true;
-                    build::notice(
-                        self.client.out(),
-                        Severity::Notice,
-                        "00000",
-                        "No server connection available in postgres backend, client being queued",
-                    );
-                    self.client.flush().await?;
                 }
                 _ = cancel.cancelled_while_waiting() => {
                     self.info.set_state(ClientState::Idle);

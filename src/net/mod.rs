@@ -8,6 +8,7 @@ use bytes::{Buf, BytesMut};
 use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+mod bufpool;
 mod cert_name;
 mod stream;
 mod tcp;
@@ -16,10 +17,6 @@ pub use cert_name::common_name;
 pub use stream::Stream;
 pub use tcp::TcpTuning;
 
-/// First read after an idle client's buffer was released.
-const SMALL_READ: usize = 1000;
-/// First output buffer after a release (grows as needed).
-const FIRST_WRITE: usize = 4096;
 /// Read buffer size for one read call; also the size up to which output is batched.
 const CHUNK: usize = 16 * 1024;
 /// Reads go into the buffer's free room until less than this is left.
@@ -149,7 +146,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// comes back at a size most replies fit in, rather than growing by doubling from nothing.
     pub fn out(&mut self) -> &mut BytesMut {
         if self.wbuf.capacity() == 0 {
-            self.wbuf.reserve(FIRST_WRITE);
+            self.wbuf = bufpool::take();
         }
         &mut self.wbuf
     }
@@ -188,13 +185,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    /// Frees both buffers if they hold nothing: an idle client then costs no buffer memory.
+    /// Gives both buffers back if they hold nothing: an idle client then costs no buffer
+    /// memory (they go to a small per-thread stock the next request takes them from).
     pub fn release_buffers(&mut self) {
         if self.rbuf.is_empty() {
-            self.rbuf = BytesMut::new();
+            bufpool::give(std::mem::take(&mut self.rbuf));
         }
         if self.wbuf.is_empty() {
-            self.wbuf = BytesMut::new();
+            bufpool::give(std::mem::take(&mut self.wbuf));
         }
     }
 
@@ -226,10 +224,12 @@ impl Conn<Stream> {
     pub async fn fill_when_readable(&mut self) -> Result<(), NetError> {
         let room = self.rbuf.capacity() - self.rbuf.len();
         if self.rbuf.is_empty() && room < MIN_ROOM && self.stream.readable().await? {
-            // Most requests are small: start with a buffer malloc serves from its fast path;
-            // the frame header then tells `fill` how much more to reserve.
-            if room < SMALL_READ / 2 {
-                self.rbuf.reserve(SMALL_READ);
+            // Most requests are small: a spare buffer from the thread's stock; the frame
+            // header then tells `fill` how much more to reserve.
+            if self.rbuf.capacity() == 0 {
+                self.rbuf = bufpool::take();
+            } else if room < bufpool::BUF_SIZE / 4 {
+                self.rbuf.reserve(bufpool::BUF_SIZE);
             }
             if self.stream.read_buf(&mut self.rbuf).await? == 0 {
                 return Err(NetError::Closed);

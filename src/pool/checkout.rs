@@ -19,9 +19,12 @@ impl Pool {
     pub(super) async fn checkout_inner(
         self: &Arc<Self>,
         retry: bool,
+        timed: bool,
     ) -> Result<Checkout, PoolError> {
         let start = Instant::now();
         let s = self.settings();
+        // The bound also limits connection retries below; `timed` adds the timer on the wait
+        // for a permit (without it the caller enforces the bound).
         let deadline = s.query_wait_timeout.map(|d| start + d);
         let permit = {
             let _waiting = Gauge::inc(&self.stats.waiting);
@@ -30,7 +33,7 @@ impl Pool {
                 self.control.wait_resumed().await;
                 self.acquire_permit(&s).await
             };
-            match deadline {
+            match deadline.filter(|_| timed) {
                 Some(d) => tokio::time::timeout_at(d.into(), acquire)
                     .await
                     .map_err(|_| PoolError::WaitTimeout)?,
@@ -83,14 +86,24 @@ impl Pool {
             permit: Some(permit),
         };
         let s = self.settings.load();
-        let p = loop {
+        let p = self.pop_ready_idle(&s, now)?; // none ready: the permit goes back with `checkout`
+        self.observer.wait(Duration::ZERO);
+        self.lend(&mut checkout, p);
+        Some(checkout)
+    }
+
+    /// The most recently used (or, with server_round_robin, the oldest) idle connection if it
+    /// can be lent without a query: current, alive, and not due for server_check_query. One
+    /// that is due stays where it was and `None` sends the caller to [`Pool::take_idle`].
+    fn pop_ready_idle(&self, s: &PoolSettings, now: Instant) -> Option<Pooled> {
+        loop {
             let mut idle = self.idle.lock();
             let p = if s.server_round_robin {
                 idle.pop_front()
             } else {
                 idle.pop_back()
-            }?; // none idle: the permit goes back as `checkout` drops
-            if self.is_stale_at(&p.conn, &s, now) {
+            }?;
+            if self.is_stale_at(&p.conn, s, now) {
                 drop(idle);
                 drop(p);
                 continue;
@@ -99,7 +112,6 @@ impl Pool {
                 .server_check_delay
                 .is_none_or(|d| now.saturating_duration_since(p.conn.last_used) >= d);
             if due {
-                // Needs server_check_query: put it back where it was, take the slow path.
                 if s.server_round_robin {
                     idle.push_front(p);
                 } else {
@@ -113,11 +125,8 @@ impl Pool {
                 tracing::debug!(server = p.conn.id, "discarding idle server connection");
                 continue;
             }
-            break p;
-        };
-        self.observer.wait(Duration::ZERO);
-        self.lend(&mut checkout, p);
-        Some(checkout)
+            return Some(p);
+        }
     }
 
     /// A permit of the pool, or of its reserve once the client has waited reserve_pool_timeout.
@@ -155,6 +164,10 @@ impl Pool {
         loop {
             // Each round does work only when something changed; never hog the worker anyway.
             tokio::task::consume_budget().await;
+            // Usually an idle connection is ready: take it before arming the wake-ups below.
+            if let Some(p) = self.pop_ready_idle(s, Instant::now()) {
+                return Ok(p);
+            }
             let pool_freed = self.caps.pool.freed.notified();
             let db_freed = self.caps.db.freed.notified();
             let user_freed = self.caps.user.freed.notified();

@@ -289,13 +289,25 @@ impl Pool {
     /// skipped for `server_login_retry` after a failure), so a PostgreSQL restart costs
     /// waiting clients time, not errors.
     pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, PoolError> {
-        self.checkout_inner(true).await
+        self.checkout_inner(true, true).await
+    }
+
+    /// [`Pool::checkout`] without its own query_wait_timeout timer, for a caller that enforces
+    /// the bound itself ([`Pool::query_wait_timeout`]; a client session relies on the periodic
+    /// check of waiting clients, so no timer is armed per wait).
+    pub async fn checkout_untimed(self: &Arc<Self>) -> Result<Checkout, PoolError> {
+        self.checkout_inner(true, false).await
+    }
+
+    /// query_wait_timeout of this pool now (`None`: wait forever).
+    pub fn query_wait_timeout(&self) -> Option<Duration> {
+        self.settings.load().query_wait_timeout
     }
 
     /// Like [`Pool::checkout`] but reports a failed connection attempt at once (logins); it
     /// tries hosts that are cooling off too, so a login is never refused without an attempt.
     pub async fn checkout_once(self: &Arc<Self>) -> Result<Checkout, PoolError> {
-        self.checkout_inner(false).await
+        self.checkout_inner(false, true).await
     }
 
     /// Past server_lifetime, or opened before the last RECONNECT or change of server.
