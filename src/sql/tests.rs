@@ -202,6 +202,44 @@ fn cache_memoizes_and_shares_shapes() {
 }
 
 #[test]
+fn literal_churn_stays_out_of_level_one() {
+    let c = SqlCache::new(1024);
+    let first = c.analyze("select * from t where id = 0");
+    for i in 1..2_000 {
+        let r = c.analyze(&format!("select * from t where id = {i}"));
+        assert!(Arc::ptr_eq(&first, &r));
+    }
+    let s = c.stats();
+    // Only the text that brought the new shape was memoized; nothing had to be evicted.
+    assert_eq!(
+        (s.text_entries, s.shape_entries, s.evictions),
+        (1, 1, 0),
+        "{s:?}"
+    );
+    assert_eq!((s.shape_hits, s.shape_misses), (1_999, 1));
+
+    // A repeated text reaches level 1 on its second use and is a level-1 hit on its third.
+    let t = "select * from t where id = 7";
+    for _ in 0..3 {
+        assert!(Arc::ptr_eq(&first, &c.analyze(t)));
+    }
+    let s2 = c.stats();
+    assert_eq!(s2.text_entries, 2, "{s2:?}");
+    assert_eq!(s2.text_hits, s.text_hits + 1, "{s2:?}");
+
+    // A text without literals (parameters only) enters level 1 at once.
+    let p = "SELECT * FROM t WHERE id = $1";
+    assert!(Arc::ptr_eq(&first, &c.analyze(p)));
+    assert!(Arc::ptr_eq(&first, &c.analyze(p)));
+    let s3 = c.stats();
+    assert_eq!(
+        (s3.text_entries, s3.text_hits),
+        (3, s2.text_hits + 1),
+        "{s3:?}"
+    );
+}
+
+#[test]
 fn cache_is_shareable() {
     let c = Arc::new(SqlCache::default());
     let hs: Vec<_> = (0..4)
@@ -253,7 +291,7 @@ fn random_token_soup_is_total() {
 /// Tricky inputs whose fingerprints are pinned (computed with the char-by-char renderer
 /// before the byte renderer and the scratch buffers replaced it): ids are shown to users and
 /// must never change.
-fn corpus() -> Vec<String> {
+pub(super) fn corpus() -> Vec<String> {
     let mut v: Vec<String> = [
         "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;",
         "SELECT Ünïcode, Café, ÀBC FROM Tëst WHERE ÉTÉ = 1 AND naïve_Ü <> 'x'",
