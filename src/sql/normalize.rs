@@ -403,22 +403,21 @@ mod tests {
         }
         let mut out = String::new();
         let mut param = 0u32;
-        let mut prev: Option<&Tok<'_>> = None;
-        for t in toks {
-            if prev.is_some_and(|p| needs_space(p, t)) {
+        for (k, t) in toks.iter().enumerate() {
+            if k > 0 && needs_space(&toks[k - 1], t) {
                 out.push(' ');
             }
-            match t {
-                Tok::Word(w) => out.extend(w.chars().map(|c| c.to_ascii_lowercase())),
-                Tok::Quoted(q) | Tok::Op(q) => out.push_str(q),
+            let piece: String = match t {
+                Tok::Word(w) => w.chars().map(|c| c.to_ascii_lowercase()).collect(),
+                Tok::Quoted(q) | Tok::Op(q) => q.to_string(),
                 Tok::Value => {
                     param += 1;
-                    out.push_str(&format!("${param}"));
+                    format!("${param}")
                 }
-                Tok::Cast => out.push_str("::"),
-                Tok::Punct(p) => out.push(char::from(*p)),
-            }
-            prev = Some(t);
+                Tok::Cast => "::".into(),
+                Tok::Punct(p) => char::from(*p).into(),
+            };
+            out += &piece;
         }
         out
     }
