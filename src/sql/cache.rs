@@ -4,13 +4,22 @@
 //! 1. statement text → `Arc<Analysis>` (the hot path: one hash, one lock, one compare, one
 //!    `Arc` clone, no allocation);
 //! 2. normalized text → `Arc<Analysis>`, so a new text that differs only in literals (simple
-//!    protocol, `WHERE id = 42`) is lexed but not parsed again.
+//!    protocol, `WHERE id = 42`) is lexed but not parsed again (and, rendered into a reused
+//!    buffer, allocates nothing).
+//!
+//! A text with literals that misses level 1 but hits level 2 is usually a one-off (a new
+//! value each time), so it enters level 1 only on its second sighting: level 1 remembers the
+//! hashes of recent misses in a small direct-mapped table per shard. That keeps literal churn
+//! from costing an allocation and eviction sweeps per statement, while a repeated text still
+//! reaches level 1 on its second use. Texts that are new shapes, or have no literals, enter
+//! at once.
 //!
 //! Eviction is second-chance "clear half": when a shard is full, entries not read since the
 //! last sweep are dropped; if that frees too little, the shard is cut to half.
 
 use super::hash::{fingerprint_of, text_hash, BuildPassThrough};
-use super::{normalize, Analysis};
+use super::normalize::{with_normalized, Normalized};
+use super::Analysis;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,6 +40,8 @@ struct Slot {
 #[derive(Default)]
 struct Shard {
     map: HashMap<u64, Slot, BuildPassThrough>,
+    /// Hashes of recent misses, indexed by hash (empty at level 2): the admission filter.
+    seen: Box<[u64]>,
     hits: u64,
     misses: u64,
     evictions: u64,
@@ -42,10 +53,24 @@ struct Level {
 }
 
 impl Level {
-    fn new(max_entries: usize) -> Self {
+    /// A level of about `max_entries`; with `admission`, it remembers as many recent misses.
+    fn new(max_entries: usize, admission: bool) -> Self {
+        let per_shard = (max_entries / SHARDS).max(4);
+        let seen = if admission {
+            per_shard.next_power_of_two()
+        } else {
+            0
+        };
         Level {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            per_shard: (max_entries / SHARDS).max(4),
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        seen: vec![0; seen].into_boxed_slice(),
+                        ..Shard::default()
+                    })
+                })
+                .collect(),
+            per_shard,
         }
     }
 
@@ -53,18 +78,25 @@ impl Level {
         &self.shards[(hash >> 40) as usize % SHARDS]
     }
 
-    fn get(&self, hash: u64, matches: impl Fn(&Slot) -> bool) -> Option<Arc<Analysis>> {
+    /// The entry under `hash` if `matches` accepts it; on a miss, whether a miss of the same
+    /// hash was recorded recently (always false without an admission filter).
+    fn get(&self, hash: u64, matches: impl Fn(&Slot) -> bool) -> Result<Arc<Analysis>, bool> {
         let mut shard = self.shard(hash).lock();
         match shard.map.get_mut(&hash) {
             Some(slot) if matches(slot) => {
                 slot.referenced = true;
                 let a = Arc::clone(&slot.analysis);
                 shard.hits += 1;
-                Some(a)
+                Ok(a)
             }
             _ => {
                 shard.misses += 1;
-                None
+                // The table's length is a power of two (or zero: no slot, never seen).
+                let mask = shard.seen.len().wrapping_sub(1);
+                Err(match shard.seen.get_mut(hash as usize & mask) {
+                    Some(last) => std::mem::replace(last, hash) == hash,
+                    None => false,
+                })
             }
         }
     }
@@ -131,8 +163,8 @@ impl SqlCache {
     /// A cache holding about `max_entries` texts and as many shapes.
     pub fn new(max_entries: usize) -> Self {
         SqlCache {
-            texts: Level::new(max_entries),
-            shapes: Level::new(max_entries),
+            texts: Level::new(max_entries, true),
+            shapes: Level::new(max_entries, false),
         }
     }
 
@@ -143,30 +175,26 @@ impl SqlCache {
 
     /// As [`analyze`](Self::analyze) when the caller already has `text_hash(text)`.
     pub fn analyze_hashed(&self, hash: u64, text: &str) -> Arc<Analysis> {
-        if let Some(a) = self.texts.get(hash, |s| *s.text == *text) {
-            return a;
-        }
-        let n = normalize::normalize(text);
-        let fp = fingerprint_of(&n.text);
-        let analysis = match self.shapes.get(fp, |s| *s.analysis.normalized == *n.text) {
-            Some(a) => a,
-            None => {
-                let cache_shape = n.text.len() <= MAX_SHAPE_LEN;
-                let a = Arc::new(super::build(text, n));
-                if cache_shape {
-                    self.shapes.insert(
-                        fp,
-                        Slot {
-                            text: Box::from(""),
-                            analysis: Arc::clone(&a),
-                            referenced: false,
-                        },
-                    );
-                }
-                a
-            }
+        let seen_before = match self.texts.get(hash, |s| *s.text == *text) {
+            Ok(a) => return a,
+            Err(seen) => seen,
         };
-        if text.len() <= MAX_TEXT_LEN {
+        // The normalized text stays in a reused buffer unless the shape is new.
+        let known = with_normalized(text, |shape, normalized| {
+            let fp = fingerprint_of(normalized);
+            match self
+                .shapes
+                .get(fp, |s| *s.analysis.normalized == *normalized)
+            {
+                Ok(a) => Ok((a, shape.literals)),
+                Err(_) => Err((fp, shape.with_text(normalized))),
+            }
+        });
+        let (analysis, admit) = match known {
+            Ok((a, literals)) => (a, seen_before || !literals),
+            Err((fp, n)) => (self.parse(text, fp, n), true),
+        };
+        if admit && text.len() <= MAX_TEXT_LEN {
             self.texts.insert(
                 hash,
                 Slot {
@@ -177,6 +205,23 @@ impl SqlCache {
             );
         }
         analysis
+    }
+
+    /// A new shape: full analysis, memoized at level 2.
+    fn parse(&self, text: &str, fp: u64, n: Normalized) -> Arc<Analysis> {
+        let cache_shape = n.text.len() <= MAX_SHAPE_LEN;
+        let a = Arc::new(super::build(text, n));
+        if cache_shape {
+            self.shapes.insert(
+                fp,
+                Slot {
+                    text: Box::from(""),
+                    analysis: Arc::clone(&a),
+                    referenced: false,
+                },
+            );
+        }
+        a
     }
 
     /// Hit/miss/eviction counters and sizes (locks every shard briefly).

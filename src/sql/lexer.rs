@@ -40,12 +40,27 @@ impl Tok<'_> {
 }
 
 /// Lexer output.
+#[cfg(test)]
 pub(crate) struct Lexed<'a> {
     pub toks: Vec<Tok<'a>>,
     /// Operators plus AND/OR/NOT keywords: a bound on expression-tree depth.
     pub operators: usize,
     /// Deepest bracket nesting.
     pub max_depth: usize,
+}
+
+/// What [`lex_into`] measured besides the tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct LexStats {
+    /// Operators plus AND/OR/NOT keywords: a bound on expression-tree depth.
+    pub operators: usize,
+    /// Deepest bracket nesting.
+    pub max_depth: usize,
+    /// A literal (not a `$n` parameter) was seen: the text is likely one of many that
+    /// differ only in their values.
+    pub literals: bool,
+    /// An `IN`, `ARRAY` or `VALUES` word was seen: there may be a list to collapse.
+    pub lists: bool,
 }
 
 const OP_CHARS: &[u8] = b"+-*/<>=~!@#%^&|`?";
@@ -125,10 +140,23 @@ fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
 }
 
 /// Lexes `src` completely.
+#[cfg(test)]
 pub(crate) fn lex(src: &str) -> Lexed<'_> {
+    let mut toks = Vec::new();
+    let stats = lex_into(src, &mut toks);
+    Lexed {
+        toks,
+        operators: stats.operators,
+        max_depth: stats.max_depth,
+    }
+}
+
+/// Lexes `src` completely, appending its tokens to `toks` (a caller's reused buffer).
+pub(crate) fn lex_into<'a>(src: &'a str, toks: &mut Vec<Tok<'a>>) -> LexStats {
     let b = src.as_bytes();
-    let mut toks: Vec<Tok<'_>> = Vec::with_capacity(b.len() / 4 + 4);
+    toks.reserve(b.len() / 4 + 4);
     let (mut operators, mut depth, mut max_depth) = (0usize, 0usize, 0usize);
+    let (mut literals, mut lists) = (false, false);
     let mut i = 0;
     while i < b.len() {
         let c = b[i];
@@ -157,7 +185,8 @@ pub(crate) fn lex(src: &str) -> Lexed<'_> {
             }
             b'\'' => {
                 i = skip_quoted(b, i, b'\'', false);
-                push_value(&mut toks);
+                literals = true;
+                toks.push(Tok::Value);
             }
             b'"' => {
                 let end = skip_quoted(b, i, b'"', false);
@@ -170,11 +199,12 @@ pub(crate) fn lex(src: &str) -> Lexed<'_> {
                     while i < b.len() && b[i].is_ascii_digit() {
                         i += 1;
                     }
-                    push_value(&mut toks);
+                    toks.push(Tok::Value);
                 } else if let Some(tag_len) = dollar_tag(b, i) {
                     let body = i + tag_len;
                     i = find(b, &b[i..body], body).map_or(b.len(), |p| p + tag_len);
-                    push_value(&mut toks);
+                    literals = true;
+                    toks.push(Tok::Value);
                 } else {
                     toks.push(Tok::Punct(b'$'));
                     i += 1;
@@ -182,11 +212,13 @@ pub(crate) fn lex(src: &str) -> Lexed<'_> {
             }
             b'0'..=b'9' => {
                 i = skip_number(b, i);
-                push_number(&mut toks);
+                literals = true;
+                push_number(toks);
             }
             b'.' if b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
                 i = skip_number(b, i);
-                push_number(&mut toks);
+                literals = true;
+                push_number(toks);
             }
             _ if is_ident_start(c) => {
                 let start = i;
@@ -198,12 +230,14 @@ pub(crate) fn lex(src: &str) -> Lexed<'_> {
                 let prefix = word.len() == 1 && matches!(c | 0x20, b'e' | b'b' | b'x' | b'n');
                 if prefix && next == Some(b'\'') {
                     i = skip_quoted(b, i, b'\'', c | 0x20 == b'e');
-                    push_value(&mut toks);
+                    literals = true;
+                    toks.push(Tok::Value);
                 } else if word.eq_ignore_ascii_case("u") && next == Some(b'&') {
                     match b.get(i + 1) {
                         Some(b'\'') => {
                             i = skip_quoted(b, i + 1, b'\'', false);
-                            push_value(&mut toks);
+                            literals = true;
+                            toks.push(Tok::Value);
                         }
                         Some(b'"') => {
                             let end = skip_quoted(b, i + 1, b'"', false);
@@ -213,11 +247,22 @@ pub(crate) fn lex(src: &str) -> Lexed<'_> {
                         _ => toks.push(Tok::Word(word)),
                     }
                 } else {
-                    if ["and", "or", "not"]
-                        .iter()
-                        .any(|k| word.eq_ignore_ascii_case(k))
-                    {
-                        operators += 1;
+                    match word.len() {
+                        2 | 3
+                            if ["and", "or", "not"]
+                                .iter()
+                                .any(|k| word.eq_ignore_ascii_case(k)) =>
+                        {
+                            operators += 1
+                        }
+                        2 | 5 | 6
+                            if ["in", "array", "values"]
+                                .iter()
+                                .any(|k| word.eq_ignore_ascii_case(k)) =>
+                        {
+                            lists = true
+                        }
+                        _ => {}
                     }
                     toks.push(Tok::Word(word));
                 }
@@ -250,10 +295,11 @@ pub(crate) fn lex(src: &str) -> Lexed<'_> {
             }
         }
     }
-    Lexed {
-        toks,
+    LexStats {
         operators,
         max_depth,
+        literals,
+        lists,
     }
 }
 
@@ -294,10 +340,6 @@ fn skip_number(b: &[u8], mut i: usize) -> usize {
         i = digits(b, i + 1);
     }
     i
-}
-
-fn push_value(toks: &mut Vec<Tok<'_>>) {
-    toks.push(Tok::Value);
 }
 
 /// A number; a preceding unary `-`/`+` (one not following an operand) folds into it.

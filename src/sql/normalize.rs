@@ -3,8 +3,12 @@
 //! drop trailing semicolons, then render canonical text — unquoted words lower-cased, one
 //! space between tokens (none inside brackets or around `.`/`::`), every literal and
 //! parameter numbered `$1, $2, …` by position. Same tokens ⇒ same text ⇒ same id.
+//!
+//! The token vectors and the rendered text live in a per-thread scratch that is reused, so
+//! normalizing a statement of a known shape ([`with_normalized`]) allocates nothing.
 
-use super::lexer::{lex, Tok};
+use super::lexer::{lex_into, LexStats, Tok};
+use std::cell::Cell;
 
 /// Result of normalizing one statement text.
 pub(crate) struct Normalized {
@@ -23,24 +27,107 @@ const MAX_COLLAPSE_DEPTH: usize = 256;
 /// At most this many distinct VALUES row shapes are compared against each new row.
 const MAX_ROW_SHAPES: usize = 16;
 
+/// Scratch buffers larger than these are dropped after use rather than kept per thread.
+const MAX_KEPT_TOKENS: usize = 4 * 1024;
+const MAX_KEPT_TEXT: usize = 16 * 1024;
+
+/// What normalization learned about a statement besides its text.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Shape {
+    /// True when the statement is small and shallow enough to give to sqlparser.
+    pub parse_safe: bool,
+    /// More than one statement (a `;` followed by more tokens).
+    pub multi_statement: bool,
+    /// The text holds a literal (not only `$n` parameters).
+    pub literals: bool,
+}
+
+impl Shape {
+    /// The owned result for `text`, the normalized text this shape was rendered with.
+    pub(crate) fn with_text(self, text: &str) -> Normalized {
+        Normalized {
+            text: text.to_owned(),
+            parse_safe: self.parse_safe,
+            multi_statement: self.multi_statement,
+        }
+    }
+}
+
+/// Reusable per-thread buffers (token vectors are kept empty between uses).
+#[derive(Default)]
+struct Scratch {
+    toks: Vec<Tok<'static>>,
+    collapsed: Vec<Tok<'static>>,
+    text: String,
+}
+
+thread_local! {
+    static SCRATCH: Cell<Scratch> = Cell::new(Scratch::default());
+}
+
+/// An emptied token vector with its capacity, retyped so it can be kept past the input's
+/// lifetime (collecting an empty `vec::IntoIter` into a same-layout `Vec` keeps its buffer).
+fn recycle(mut toks: Vec<Tok<'_>>) -> Vec<Tok<'static>> {
+    if toks.capacity() > MAX_KEPT_TOKENS {
+        return Vec::new();
+    }
+    toks.clear();
+    toks.into_iter().map(|_| Tok::Value).collect()
+}
+
+/// Normalizes `src` and calls `f` with its shape and normalized text, which lives in a
+/// reused per-thread buffer: nothing is allocated unless `f` does.
+pub(crate) fn with_normalized<R>(src: &str, f: impl FnOnce(Shape, &str) -> R) -> R {
+    // Taken out while in use, so a nested call would just start from empty buffers.
+    let mut scratch = SCRATCH.take();
+    let mut toks: Vec<Tok<'_>> = scratch.toks;
+    let mut collapsed: Vec<Tok<'_>> = scratch.collapsed;
+    scratch.text.clear();
+    let shape = normalize_into(src, &mut toks, &mut collapsed, &mut scratch.text);
+    scratch.toks = recycle(toks);
+    scratch.collapsed = recycle(collapsed);
+    let r = f(shape, &scratch.text);
+    if scratch.text.capacity() > MAX_KEPT_TEXT {
+        scratch.text = String::new();
+    }
+    SCRATCH.set(scratch);
+    r
+}
+
 pub(crate) fn normalize(src: &str) -> Normalized {
-    let lexed = lex(src);
-    let mut toks = lexed.toks.as_slice();
+    with_normalized(src, Shape::with_text)
+}
+
+/// Lexes `src` into `toks`, collapses lists into `collapsed` (when there may be any) and
+/// renders the normalized text into `out`. The vectors and `out` must be empty.
+fn normalize_into<'a>(
+    src: &'a str,
+    toks: &mut Vec<Tok<'a>>,
+    collapsed: &mut Vec<Tok<'a>>,
+    out: &mut String,
+) -> Shape {
+    let LexStats {
+        operators,
+        max_depth,
+        literals,
+        lists,
+    } = lex_into(src, toks);
+    let mut toks = toks.as_slice();
     while let [rest @ .., Tok::Punct(b';')] = toks {
         toks = rest;
     }
     let multi_statement = toks.contains(&Tok::Punct(b';'));
-    let text = if lexed.max_depth <= MAX_COLLAPSE_DEPTH {
-        let mut collapsed = Vec::with_capacity(toks.len());
-        collapse(toks, &mut collapsed);
-        render(&collapsed)
+    // Without an IN/ARRAY/VALUES word, collapsing would copy the tokens unchanged.
+    if lists && max_depth <= MAX_COLLAPSE_DEPTH {
+        collapse(toks, collapsed);
+        render(collapsed, src.len(), out);
     } else {
-        render(toks)
-    };
-    Normalized {
-        text,
-        parse_safe: lexed.operators <= MAX_OPERATORS && lexed.max_depth <= MAX_DEPTH,
+        render(toks, src.len(), out);
+    }
+    Shape {
+        parse_safe: operators <= MAX_OPERATORS && max_depth <= MAX_DEPTH,
         multi_statement,
+        literals,
     }
 }
 
@@ -199,8 +286,10 @@ fn needs_space(prev: &Tok<'_>, cur: &Tok<'_>) -> bool {
     }
 }
 
-fn render(toks: &[Tok<'_>]) -> String {
-    let mut out = String::with_capacity(toks.len() * 6);
+/// Appends the canonical text of `toks` (lexed from `src_len` bytes) to `out`.
+fn render(toks: &[Tok<'_>], src_len: usize, out: &mut String) {
+    // Rarely exceeded: literals become `$n` and spaces are added only between tokens.
+    out.reserve(src_len + src_len / 4 + 16);
     let mut param = 0u32;
     let mut prev: Option<&Tok<'_>> = None;
     for t in toks {
@@ -208,7 +297,12 @@ fn render(toks: &[Tok<'_>]) -> String {
             out.push(' ');
         }
         match t {
-            Tok::Word(w) => out.extend(w.chars().map(|c| c.to_ascii_lowercase())),
+            Tok::Word(w) => {
+                // ASCII-only lower-casing of the pushed bytes keeps any UTF-8 intact.
+                let start = out.len();
+                out.push_str(w);
+                out[start..].make_ascii_lowercase();
+            }
             Tok::Quoted(q) | Tok::Op(q) => out.push_str(q),
             Tok::Value => {
                 param += 1;
@@ -220,7 +314,6 @@ fn render(toks: &[Tok<'_>]) -> String {
         }
         prev = Some(t);
     }
-    out
 }
 
 fn itoa(mut n: u32, buf: &mut [u8; 10]) -> &str {
@@ -293,6 +386,67 @@ mod tests {
             n("select * from t where a in (select b from u where c = 1)"),
             "select * from t where a in (select b from u where c = $1)"
         );
+    }
+
+    /// The renderer as it was before it wrote into a reused buffer: char by char, every
+    /// statement collapsed (the reference the byte renderer must match exactly).
+    fn reference(src: &str) -> String {
+        let lexed = crate::sql::lexer::lex(src);
+        let mut toks = lexed.toks.as_slice();
+        while let [rest @ .., Tok::Punct(b';')] = toks {
+            toks = rest;
+        }
+        let mut collapsed = Vec::new();
+        if lexed.max_depth <= MAX_COLLAPSE_DEPTH {
+            collapse(toks, &mut collapsed);
+            toks = &collapsed;
+        }
+        let mut out = String::new();
+        let mut param = 0u32;
+        for (k, t) in toks.iter().enumerate() {
+            if k > 0 && needs_space(&toks[k - 1], t) {
+                out.push(' ');
+            }
+            let piece: String = match t {
+                Tok::Word(w) => w.chars().map(|c| c.to_ascii_lowercase()).collect(),
+                Tok::Quoted(q) | Tok::Op(q) => q.to_string(),
+                Tok::Value => {
+                    param += 1;
+                    format!("${param}")
+                }
+                Tok::Cast => "::".into(),
+                Tok::Punct(p) => char::from(*p).into(),
+            };
+            out += &piece;
+        }
+        out
+    }
+
+    #[test]
+    fn byte_render_matches_reference() {
+        for s in crate::sql::tests::corpus() {
+            // As is, upper-cased (non-ASCII letters change too), and run together.
+            for v in [s.clone(), s.to_uppercase(), s.replace(' ', "")] {
+                assert_eq!(n(&v), reference(&v), "{v:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn nested_use_and_large_input_are_independent() {
+        // A call inside another's callback gets its own buffers.
+        let (outer, inner) = with_normalized("SELECT A FROM B WHERE C IN (1, 2)", |_, o| {
+            (o.to_owned(), n("select x from y where z = 'q'"))
+        });
+        assert_eq!(outer, "select a from b where c in ($1)");
+        assert_eq!(inner, "select x from y where z = $1");
+        // A huge statement (whose buffers are not kept) then a small one.
+        let big = format!("select {} from t", "a, ".repeat(20_000));
+        assert!(n(&big).ends_with("a, a, from t"));
+        assert_eq!(n("select 1"), "select $1");
+        let shape = with_normalized("select 1 where a = $1", |s, _| s);
+        assert!(shape.literals && shape.parse_safe && !shape.multi_statement);
+        assert!(!with_normalized("select $1, $2", |s, _| s).literals);
     }
 
     #[test]

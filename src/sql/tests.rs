@@ -202,6 +202,44 @@ fn cache_memoizes_and_shares_shapes() {
 }
 
 #[test]
+fn literal_churn_stays_out_of_level_one() {
+    let c = SqlCache::new(1024);
+    let first = c.analyze("select * from t where id = 0");
+    for i in 1..2_000 {
+        let r = c.analyze(&format!("select * from t where id = {i}"));
+        assert!(Arc::ptr_eq(&first, &r));
+    }
+    let s = c.stats();
+    // Only the text that brought the new shape was memoized; nothing had to be evicted.
+    assert_eq!(
+        (s.text_entries, s.shape_entries, s.evictions),
+        (1, 1, 0),
+        "{s:?}"
+    );
+    assert_eq!((s.shape_hits, s.shape_misses), (1_999, 1));
+
+    // A repeated text reaches level 1 on its second use and is a level-1 hit on its third.
+    let t = "select * from t where id = 7";
+    for _ in 0..3 {
+        assert!(Arc::ptr_eq(&first, &c.analyze(t)));
+    }
+    let s2 = c.stats();
+    assert_eq!(s2.text_entries, 2, "{s2:?}");
+    assert_eq!(s2.text_hits, s.text_hits + 1, "{s2:?}");
+
+    // A text without literals (parameters only) enters level 1 at once.
+    let p = "SELECT * FROM t WHERE id = $1";
+    assert!(Arc::ptr_eq(&first, &c.analyze(p)));
+    assert!(Arc::ptr_eq(&first, &c.analyze(p)));
+    let s3 = c.stats();
+    assert_eq!(
+        (s3.text_entries, s3.text_hits),
+        (3, s2.text_hits + 1),
+        "{s3:?}"
+    );
+}
+
+#[test]
 fn cache_is_shareable() {
     let c = Arc::new(SqlCache::default());
     let hs: Vec<_> = (0..4)
@@ -247,5 +285,127 @@ fn random_token_soup_is_total() {
             *a.normalized,
             "idempotent: {text:?}"
         );
+    }
+}
+
+/// Tricky inputs whose fingerprints are pinned (computed with the char-by-char renderer
+/// before the byte renderer and the scratch buffers replaced it): ids are shown to users and
+/// must never change.
+pub(super) fn corpus() -> Vec<String> {
+    let mut v: Vec<String> = [
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;",
+        "SELECT Ünïcode, Café, ÀBC FROM Tëst WHERE ÉTÉ = 1 AND naïve_Ü <> 'x'",
+        "SELECT \"MixedCase\".\"Col\", \"Ta\"\"ble\".x FROM \"Ta\"\"ble\" WHERE \"É\" IN (1, 2)",
+        "select U&\"d\\0061t\\+000061\", u&'x' , U&x from t",
+        "select $$a$$, $tag$ b $ c $tag$, $1, $2::int, $é$x$é$ from t where a = $3",
+        "SELECT '1'::INT, x::Text[], CAST(y AS NUMERIC(10,2)), z :: varchar, a:b, t.*",
+        "select * from t where (a,b) in ((1,2),(3,4)) and c IN (select 1) and d in () and e in (1, f)",
+        "INSERT INTO t (A, b) VALUES (1,'a'),(2,'b'),(nextval('s'),'c'), (3, 'd') ON CONFLICT DO NOTHING",
+        "select /* a /* nested */ */ 1 -- tail\n from t -- end",
+        "select array[1,2,3], ARRAY[[1,2],[3,4]], a[1:2], b[1][2], (c)[1], \"q\"[1], f(x)[2]",
+        "select a->>'k', b#>>'{a}', c @> '{}'::jsonb, -1, 1 - -2, x<>y, a!=b, +3, a*-4, d||e",
+        "select E'\\n\\'', B'101', X'ff', N'foo', e'x', b, x, n from t",
+        "select 1.5e-3, .5, 1e10, 0x1F, 1_000, 1..2, 12.e5, 3.14 from t",
+        "SELECT COUNT(*), count (*), \"f\"(x), EXISTS (select 1), coalesce(a, 1) FROM t",
+        "where a = $3 and b = $1 and c = $10",
+        "select 1; select 2;;",
+        ";;",
+        "",
+        "   -- only a comment",
+        "'abc",
+        "$tag$ unclosed",
+        "select \"unterminated",
+        "with x as (select * from a where id = any(array[1,2])) select * from x join b using (id) order by 1 desc limit 10 offset 5",
+        "update t set a = 1, b = 'x' where id in (1,2,3) returning *",
+        "select case when a then 1 else 2 end, not x, a between 1 and 2 from t for update",
+        "select x from t where y like 'a%' and z ilike any (values ('b'), ('c'))",
+        "select 日本語, \"日本\" from テーブル where 列 = 'あ'",
+        "SELECT\tA\r\nFROM\x0bB\x0cWHERE c=-1",
+        "select @ x, ~y, !z, a ?| b, a # b, a ` b",
+        "select :a, ::b, a::, a: :b, a. b, a .b",
+        "select e'\\\\', u&'', U&\"\", $1a, $, $$, $a$",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.push(format!("select {}1{}", "(".repeat(300), ")".repeat(300)));
+    v.push(format!("select * from t where a in ({})", "(".repeat(70)));
+    v.push(format!(
+        "select * from t where a in ({})",
+        (0..200)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    ));
+    v.push(format!(
+        "insert into t values {}",
+        (0..40)
+            .map(|i| format!("({i}, {})", if i % 3 == 0 { "f(1)" } else { "2" }))
+            .collect::<Vec<_>>()
+            .join(",")
+    ));
+    v.push(format!("select {} from t", "É".repeat(100)));
+    v
+}
+
+#[test]
+fn corpus_fingerprints_are_pinned() {
+    #[rustfmt::skip]
+    const PINNED: &[u64] = &[
+        0x2e06777ad76280fe,
+        0x220cbc4370846448,
+        0x3c87fd1afd0bacc9,
+        0xfd76e3f86263f4aa,
+        0x6a723c7a3d1b918d,
+        0x24dac4fc34be8fbc,
+        0x22b10e520ad26551,
+        0x1eda9ef9e0ad8a6d,
+        0x399a7f9f1a4e8c88,
+        0xc4cfbe72caef2a6a,
+        0x70c7d9b3c5da2d5f,
+        0xbafcac98e62985b4,
+        0xafe2c3ec92cbfd82,
+        0xd254719b04734418,
+        0xdf313b062a0c75a2,
+        0x855b78b977f7b32b,
+        0xef4b461b045786fb,
+        0xef4b461b045786fb,
+        0xef4b461b045786fb,
+        0x2539551d72aabad3,
+        0x2539551d72aabad3,
+        0xfbc4d4b1a1600b14,
+        0x216b0a15073a6353,
+        0xce02480d647c6503,
+        0xae7187e39b740678,
+        0x73a0cdfe578d7117,
+        0x838fbd155fdb239e,
+        0x73896deaf9f2d1ee,
+        0x3efdb8118efc3b22,
+        0xd2d3e27ef46a60ca,
+        0x0d621f823d451684,
+        0x35e6b1405c470623,
+        0x2d3154ef464307a8,
+        0xb02ef6aa2d0f55a4,
+        0x4f0b10b03391b3c2,
+        0x89a149c04358cc22,
+    ];
+    let corpus = corpus();
+    assert_eq!(corpus.len(), PINNED.len());
+    let cache = SqlCache::new(64);
+    for (s, want) in corpus.iter().zip(PINNED) {
+        let (id, normalized) = fingerprint(s);
+        assert_eq!(id, *want, "{s:?} -> {normalized:?}");
+        assert_eq!(a(s).fingerprint, *want, "{s:?}");
+        // Cached: a new text, the same text again (level 1), then texts of a known shape
+        // (level 2), each seen a few times (so a second sighting reaches level 1).
+        for t in [s.clone(), format!(" {s}"), format!("\n\t{s}")] {
+            for _ in 0..3 {
+                let c = cache.analyze(&t);
+                assert_eq!(
+                    (c.fingerprint, &*c.normalized),
+                    (*want, normalized.as_str())
+                );
+            }
+        }
     }
 }
