@@ -17,7 +17,7 @@
 //! Eviction is second-chance "clear half": when a shard is full, entries not read since the
 //! last sweep are dropped; if that frees too little, the shard is cut to half.
 
-use super::hash::{fingerprint_of, text_hash, BuildPassThrough};
+use super::hash::{fingerprint_of_bytes, text_hash, BuildPassThrough};
 use super::normalize::{with_normalized, Normalized};
 use super::Analysis;
 use parking_lot::Mutex;
@@ -181,10 +181,10 @@ impl SqlCache {
         };
         // The normalized text stays in a reused buffer unless the shape is new.
         let known = with_normalized(text, |shape, normalized| {
-            let fp = fingerprint_of(normalized);
+            let fp = fingerprint_of_bytes(normalized);
             match self
                 .shapes
-                .get(fp, |s| *s.analysis.normalized == *normalized)
+                .get(fp, |s| s.analysis.normalized.as_bytes() == normalized)
             {
                 Ok(a) => Ok((a, shape.literals)),
                 Err(_) => Err((fp, shape.with_text(normalized))),

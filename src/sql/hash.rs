@@ -58,7 +58,12 @@ pub fn text_hash(text: &[u8]) -> u64 {
 
 /// The fingerprint id of a normalized statement text.
 pub(crate) fn fingerprint_of(normalized: &str) -> u64 {
-    hash_with_seed(FINGERPRINT_SEED, normalized.as_bytes())
+    fingerprint_of_bytes(normalized.as_bytes())
+}
+
+/// [`fingerprint_of`] the UTF-8 bytes of a normalized text.
+pub(crate) fn fingerprint_of_bytes(normalized: &[u8]) -> u64 {
+    hash_with_seed(FINGERPRINT_SEED, normalized)
 }
 
 /// A `Hasher` that passes a `u64` key through unchanged (keys are already hashes).

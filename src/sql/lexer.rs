@@ -66,12 +66,67 @@ pub(crate) struct LexStats {
 const OP_CHARS: &[u8] = b"+-*/<>=~!@#%^&|`?";
 const OP_SPECIAL: &[u8] = b"~!@#%^&|`?";
 
+/// Byte classes, looked up in [`CLASSES`] (one load per byte on the hot loops).
+const IDENT_START: u8 = 1;
+/// Identifier byte: letters, digits, `_`, `$` and every non-ASCII byte.
+const IDENT: u8 = 2;
+/// Inside a number: letters, digits and `_`.
+const NUMBER: u8 = 4;
+/// May appear in an operator.
+const OP: u8 = 8;
+/// Lets a multi-character operator end in `+`/`-`.
+const SPECIAL: u8 = 16;
+
+const fn has(set: &[u8], b: u8) -> bool {
+    let mut i = 0;
+    while i < set.len() {
+        if set[i] == b {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+const CLASSES: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        let word = b.is_ascii_alphanumeric() || b == b'_';
+        let mut c = 0;
+        if b.is_ascii_alphabetic() || b == b'_' || b >= 0x80 {
+            c |= IDENT_START;
+        }
+        if word || b == b'$' || b >= 0x80 {
+            c |= IDENT;
+        }
+        if word {
+            c |= NUMBER;
+        }
+        if has(OP_CHARS, b) {
+            c |= OP;
+        }
+        if has(OP_SPECIAL, b) {
+            c |= SPECIAL;
+        }
+        t[i] = c;
+        i += 1;
+    }
+    t
+};
+
+#[inline]
+fn is(class: u8, b: u8) -> bool {
+    CLASSES[usize::from(b)] & class != 0
+}
+
 fn is_ident_start(b: u8) -> bool {
-    b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
+    is(IDENT_START, b)
 }
 
 fn is_ident_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+    is(IDENT, b)
 }
 
 /// Words after which a `-`/`+` starts a signed literal rather than a subtraction.
@@ -282,7 +337,7 @@ pub(crate) fn lex_into<'a>(src: &'a str, toks: &mut Vec<Tok<'a>>) -> LexStats {
                 toks.push(Tok::Punct(c));
                 i += 1;
             }
-            _ if OP_CHARS.contains(&c) => {
+            _ if is(OP, c) => {
                 let end = operator_end(b, i);
                 operators += 1;
                 toks.push(Tok::Op(&src[i..end]));
@@ -308,13 +363,13 @@ pub(crate) fn lex_into<'a>(src: &'a str, toks: &mut Vec<Tok<'a>>) -> LexStats {
 /// of `~ ! @ # % ^ & | \` ?`.
 fn operator_end(b: &[u8], start: usize) -> usize {
     let mut end = start;
-    while end < b.len() && OP_CHARS.contains(&b[end]) {
+    while end < b.len() && is(OP, b[end]) {
         if end > start && (b[end..].starts_with(b"--") || b[end..].starts_with(b"/*")) {
             break;
         }
         end += 1;
     }
-    if end - start > 1 && !b[start..end].iter().any(|c| OP_SPECIAL.contains(c)) {
+    if end - start > 1 && !b[start..end].iter().any(|&c| is(SPECIAL, c)) {
         while end - start > 1 && matches!(b[end - 1], b'+' | b'-') {
             end -= 1;
         }
@@ -324,7 +379,7 @@ fn operator_end(b: &[u8], start: usize) -> usize {
 
 fn skip_number(b: &[u8], mut i: usize) -> usize {
     let digits = |b: &[u8], mut i: usize| {
-        while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+        while i < b.len() && is(NUMBER, b[i]) {
             if matches!(b[i], b'e' | b'E')
                 && b.get(i + 1).is_some_and(|c| matches!(c, b'+' | b'-'))
                 && b.get(i + 2).is_some_and(u8::is_ascii_digit)

@@ -5,10 +5,12 @@
 //! parameter numbered `$1, $2, …` by position. Same tokens ⇒ same text ⇒ same id.
 //!
 //! The token vectors and the rendered text live in a per-thread scratch that is reused, so
-//! normalizing a statement of a known shape ([`with_normalized`]) allocates nothing.
+//! normalizing a statement of a known shape ([`with_normalized`]) allocates nothing. The text
+//! is rendered as bytes: every piece is a slice of the UTF-8 input cut at ASCII bytes (or its
+//! end), and lower-casing touches ASCII letters only, so the bytes are always valid UTF-8.
 
 use super::lexer::{lex_into, LexStats, Tok};
-use std::cell::Cell;
+use std::cell::RefCell;
 
 /// Result of normalizing one statement text.
 pub(crate) struct Normalized {
@@ -44,9 +46,10 @@ pub(crate) struct Shape {
 
 impl Shape {
     /// The owned result for `text`, the normalized text this shape was rendered with.
-    pub(crate) fn with_text(self, text: &str) -> Normalized {
+    pub(crate) fn with_text(self, text: &[u8]) -> Normalized {
         Normalized {
-            text: text.to_owned(),
+            // Always valid (see the module docs); lossy only so that no path can panic.
+            text: String::from_utf8_lossy(text).into_owned(),
             parse_safe: self.parse_safe,
             multi_statement: self.multi_statement,
         }
@@ -58,11 +61,33 @@ impl Shape {
 struct Scratch {
     toks: Vec<Tok<'static>>,
     collapsed: Vec<Tok<'static>>,
-    text: String,
+    text: Vec<u8>,
 }
 
 thread_local! {
-    static SCRATCH: Cell<Scratch> = Cell::new(Scratch::default());
+    static SCRATCH: RefCell<Scratch> = const {
+        RefCell::new(Scratch {
+            toks: Vec::new(),
+            collapsed: Vec::new(),
+            text: Vec::new(),
+        })
+    };
+}
+
+impl Scratch {
+    fn normalize<R>(&mut self, src: &str, f: impl FnOnce(Shape, &[u8]) -> R) -> R {
+        let mut toks: Vec<Tok<'_>> = std::mem::take(&mut self.toks);
+        let mut collapsed: Vec<Tok<'_>> = std::mem::take(&mut self.collapsed);
+        self.text.clear();
+        let shape = normalize_into(src, &mut toks, &mut collapsed, &mut self.text);
+        self.toks = recycle(toks);
+        self.collapsed = recycle(collapsed);
+        let r = f(shape, &self.text);
+        if self.text.capacity() > MAX_KEPT_TEXT {
+            self.text = Vec::new();
+        }
+        r
+    }
 }
 
 /// An emptied token vector with its capacity, retyped so it can be kept past the input's
@@ -75,23 +100,14 @@ fn recycle(mut toks: Vec<Tok<'_>>) -> Vec<Tok<'static>> {
     toks.into_iter().map(|_| Tok::Value).collect()
 }
 
-/// Normalizes `src` and calls `f` with its shape and normalized text, which lives in a
-/// reused per-thread buffer: nothing is allocated unless `f` does.
-pub(crate) fn with_normalized<R>(src: &str, f: impl FnOnce(Shape, &str) -> R) -> R {
-    // Taken out while in use, so a nested call would just start from empty buffers.
-    let mut scratch = SCRATCH.take();
-    let mut toks: Vec<Tok<'_>> = scratch.toks;
-    let mut collapsed: Vec<Tok<'_>> = scratch.collapsed;
-    scratch.text.clear();
-    let shape = normalize_into(src, &mut toks, &mut collapsed, &mut scratch.text);
-    scratch.toks = recycle(toks);
-    scratch.collapsed = recycle(collapsed);
-    let r = f(shape, &scratch.text);
-    if scratch.text.capacity() > MAX_KEPT_TEXT {
-        scratch.text = String::new();
-    }
-    SCRATCH.set(scratch);
-    r
+/// Normalizes `src` and calls `f` with its shape and normalized text (UTF-8 bytes), which
+/// lives in a reused per-thread buffer: nothing is allocated unless `f` does.
+pub(crate) fn with_normalized<R>(src: &str, f: impl FnOnce(Shape, &[u8]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => scratch.normalize(src, f),
+        // A call from inside `f` gets buffers of its own.
+        Err(_) => Scratch::default().normalize(src, f),
+    })
 }
 
 pub(crate) fn normalize(src: &str) -> Normalized {
@@ -104,7 +120,7 @@ fn normalize_into<'a>(
     src: &'a str,
     toks: &mut Vec<Tok<'a>>,
     collapsed: &mut Vec<Tok<'a>>,
-    out: &mut String,
+    out: &mut Vec<u8>,
 ) -> Shape {
     let LexStats {
         operators,
@@ -287,46 +303,62 @@ fn needs_space(prev: &Tok<'_>, cur: &Tok<'_>) -> bool {
 }
 
 /// Appends the canonical text of `toks` (lexed from `src_len` bytes) to `out`.
-fn render(toks: &[Tok<'_>], src_len: usize, out: &mut String) {
+fn render(toks: &[Tok<'_>], src_len: usize, out: &mut Vec<u8>) {
     // Rarely exceeded: literals become `$n` and spaces are added only between tokens.
     out.reserve(src_len + src_len / 4 + 16);
     let mut param = 0u32;
     let mut prev: Option<&Tok<'_>> = None;
+    // Words are copied as written and lower-cased in runs: only words hold ASCII letters
+    // outside quoted identifiers (letters never lex as punctuation, operators or values).
+    let mut lower_from = out.len();
     for t in toks {
         if prev.is_some_and(|p| needs_space(p, t)) {
-            out.push(' ');
+            out.push(b' ');
         }
         match t {
-            Tok::Word(w) => {
-                // ASCII-only lower-casing of the pushed bytes keeps any UTF-8 intact.
-                let start = out.len();
-                out.push_str(w);
-                out[start..].make_ascii_lowercase();
+            Tok::Word(w) | Tok::Op(w) => out.extend_from_slice(w.as_bytes()),
+            Tok::Quoted(q) => {
+                lowercase(&mut out[lower_from..]);
+                out.extend_from_slice(q.as_bytes());
+                lower_from = out.len();
             }
-            Tok::Quoted(q) | Tok::Op(q) => out.push_str(q),
             Tok::Value => {
                 param += 1;
-                out.push('$');
-                out.push_str(itoa(param, &mut [0u8; 10]));
+                out.push(b'$');
+                push_decimal(param, out);
             }
-            Tok::Cast => out.push_str("::"),
-            Tok::Punct(p) => out.push(char::from(*p)),
+            Tok::Cast => out.extend_from_slice(b"::"),
+            Tok::Punct(p) => out.push(*p),
         }
         prev = Some(t);
     }
+    lowercase(&mut out[lower_from..]);
 }
 
-fn itoa(mut n: u32, buf: &mut [u8; 10]) -> &str {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+/// ASCII-only lower-casing (any UTF-8 stays intact): eight bytes at a time.
+fn lowercase(bytes: &mut [u8]) {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut chunks = bytes.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(w);
+        // Per byte, bit 7 set when: byte >= 'A' (low 7 bits), byte > 'Z', byte is ASCII.
+        let low = x & LOW7;
+        let ge_a = low + (0x80 - u64::from(b'A')) * (HIGH >> 7);
+        let gt_z = low + (0x7f - u64::from(b'Z')) * (HIGH >> 7);
+        let upper = (ge_a ^ gt_z) & !x & HIGH;
+        chunk.copy_from_slice(&(x | (upper >> 2)).to_le_bytes());
     }
-    std::str::from_utf8(&buf[i..]).unwrap_or("0")
+    chunks.into_remainder().make_ascii_lowercase();
+}
+
+fn push_decimal(n: u32, out: &mut Vec<u8>) {
+    if n >= 10 {
+        push_decimal(n / 10, out);
+    }
+    out.push(b'0' + (n % 10) as u8);
 }
 
 #[cfg(test)]
@@ -432,13 +464,112 @@ mod tests {
         }
     }
 
+    /// Random statements built from pieces that exercise held-back `;` and signs, lists
+    /// after other tokens, quoting and comments: streaming equals the reference.
+    #[test]
+    fn streaming_matches_reference_on_token_soup() {
+        const PIECES: &[&str] = &[
+            "select",
+            "SELECT",
+            "in",
+            "IN",
+            "values",
+            "array",
+            "(",
+            ")",
+            "[",
+            "]",
+            ",",
+            ";",
+            ";",
+            "-",
+            "+",
+            "-1",
+            "- 2",
+            "+3",
+            "1",
+            "'x'",
+            "$1",
+            "\"Q\"",
+            "a",
+            "B",
+            "t.c",
+            "::int",
+            "=",
+            "<>",
+            "*",
+            "--c\n",
+            "/*c*/",
+            "not",
+            "and",
+            "or",
+            "é",
+            "Ü",
+            "$$d$$",
+            "x'1f'",
+            ".5",
+            "1e-3",
+            "case",
+            "when",
+            "then",
+            "end",
+            "limit",
+            "(1, 2)",
+            "((1),(2))",
+        ];
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 20) as usize;
+            let sep = if next() % 4 == 0 { "" } else { " " };
+            let text: Vec<&str> = (0..len)
+                .map(|_| PIECES[(next() % PIECES.len() as u64) as usize])
+                .collect();
+            let text = text.join(sep);
+            let got = normalize(&text);
+            assert_eq!(got.text, reference(&text), "{text:?}");
+            let lexed = crate::sql::lexer::lex(&text);
+            let mut toks = lexed.toks.as_slice();
+            while let [rest @ .., Tok::Punct(b';')] = toks {
+                toks = rest;
+            }
+            assert_eq!(
+                got.multi_statement,
+                toks.contains(&Tok::Punct(b';')),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn word_wise_lowercase_matches_std() {
+        // Every byte value at every position of a chunk and of the tail.
+        for len in [8, 13, 16] {
+            for pos in 0..len {
+                for b in 0..=255u8 {
+                    let mut v: Vec<u8> = (0..len).map(|i| b"AzZa@[`{"[i % 8]).collect();
+                    v[pos] = b;
+                    let mut want = v.clone();
+                    want.make_ascii_lowercase();
+                    lowercase(&mut v);
+                    assert_eq!(v, want, "byte {b:#x} at {pos} of {len}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn nested_use_and_large_input_are_independent() {
         // A call inside another's callback gets its own buffers.
         let (outer, inner) = with_normalized("SELECT A FROM B WHERE C IN (1, 2)", |_, o| {
             (o.to_owned(), n("select x from y where z = 'q'"))
         });
-        assert_eq!(outer, "select a from b where c in ($1)");
+        assert_eq!(outer, b"select a from b where c in ($1)");
         assert_eq!(inner, "select x from y where z = $1");
         // A huge statement (whose buffers are not kept) then a small one.
         let big = format!("select {} from t", "a, ".repeat(20_000));
