@@ -42,9 +42,17 @@ pub fn hash_with_seed(seed: u64, data: &[u8]) -> u64 {
     }
     let rest = chunks.remainder();
     if !rest.is_empty() {
-        let mut w = [0u8; 8];
-        w[..rest.len()].copy_from_slice(rest);
-        acc = round(acc ^ rest.len() as u64, u64::from_le_bytes(w));
+        // The tail as a little-endian word, zero-padded: from the (overlapping) last eight
+        // bytes when there are that many, which avoids a copy of variable length.
+        let tail = match data.len().checked_sub(8).and_then(|at| data.get(at..)) {
+            Some(last) => {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(last);
+                u64::from_le_bytes(w) >> (8 * (8 - rest.len()))
+            }
+            None => rest.iter().rev().fold(0, |w, &b| (w << 8) | u64::from(b)),
+        };
+        acc = round(acc ^ rest.len() as u64, tail);
     }
     avalanche(acc)
 }

@@ -129,6 +129,43 @@ fn is_ident_char(b: u8) -> bool {
     is(IDENT, b)
 }
 
+/// The end of the identifier bytes from `i`: eight bytes at a time while eight remain, so
+/// a short word costs one step instead of a loop whose exit is hard to predict.
+fn ident_end(b: &[u8], mut i: usize) -> usize {
+    while let Some(chunk) = b.get(i..i + 8) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(chunk);
+        let stops = !ident_bytes(u64::from_le_bytes(w)) & HIGH_BITS;
+        if stops != 0 {
+            return i + (stops.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while i < b.len() && is_ident_char(b[i]) {
+        i += 1;
+    }
+    i
+}
+
+const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+
+/// Bit 7 of each byte of the result is set where that byte of `x` is an identifier byte
+/// (the same set as [`IDENT`]: ASCII letters, digits, `_`, `$`, any non-ASCII byte).
+fn ident_bytes(x: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    // Per byte of `v` (each below 0x80, so no carries cross bytes): bit 7 set iff the byte
+    // is in `lo..=hi`, as (v >= lo) xor (v > hi).
+    let within = |v: u64, lo: u8, hi: u8| {
+        (v + u64::from(0x80 - lo) * ONES) ^ (v + u64::from(0x7f - hi) * ONES)
+    };
+    let low = x & !HIGH_BITS;
+    let letter = within(low | 0x20 * ONES, b'a', b'z');
+    let digit = within(low, b'0', b'9');
+    let underscore = within(low, b'_', b'_');
+    let dollar = within(low, b'$', b'$');
+    (letter | digit | underscore | dollar | x) & HIGH_BITS
+}
+
 /// Words after which a `-`/`+` starts a signed literal rather than a subtraction.
 #[rustfmt::skip]
 const NON_OPERAND_WORDS: &[&str] = &[
@@ -277,9 +314,7 @@ pub(crate) fn lex_into<'a>(src: &'a str, toks: &mut Vec<Tok<'a>>) -> LexStats {
             }
             _ if is_ident_start(c) => {
                 let start = i;
-                while i < b.len() && is_ident_char(b[i]) {
-                    i += 1;
-                }
+                i = ident_end(b, i + 1);
                 let word = &src[start..i];
                 let next = b.get(i).copied();
                 let prefix = word.len() == 1 && matches!(c | 0x20, b'e' | b'b' | b'x' | b'n');
@@ -464,6 +499,24 @@ mod tests {
             "\u{e9}t\u{e9}",
         ] {
             let _ = lex(s);
+        }
+    }
+
+    #[test]
+    fn word_wise_ident_scan_matches_bytes() {
+        // Every byte value at every position of runs long and short enough for both paths.
+        for len in [3, 8, 9, 17, 24] {
+            for pos in 0..len {
+                for c in 0..=255u8 {
+                    let mut v: Vec<u8> = (0..len).map(|i| b"aZ_$09\xc3q"[i % 8]).collect();
+                    v[pos] = c;
+                    let mut want = 1;
+                    while want < v.len() && is_ident_char(v[want]) {
+                        want += 1;
+                    }
+                    assert_eq!(ident_end(&v, 1), want, "byte {c:#x} at {pos} of {len}");
+                }
+            }
         }
     }
 
