@@ -159,7 +159,7 @@ fn ident_bytes(x: u64) -> u64 {
         (v + u64::from(0x80 - lo) * ONES) ^ (v + u64::from(0x7f - hi) * ONES)
     };
     let low = x & !HIGH_BITS;
-    let letter = within(low | 0x20 * ONES, b'a', b'z');
+    let letter = within(low | (0x20 * ONES), b'a', b'z');
     let digit = within(low, b'0', b'9');
     let underscore = within(low, b'_', b'_');
     let dollar = within(low, b'$', b'$');

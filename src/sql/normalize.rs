@@ -489,67 +489,14 @@ mod tests {
     /// other tokens, quoting and comments: the renderer equals the reference.
     #[test]
     fn render_matches_reference_on_token_soup() {
-        const PIECES: &[&str] = &[
-            "select",
-            "SELECT",
-            "in",
-            "IN",
-            "values",
-            "array",
-            "(",
-            ")",
-            "[",
-            "]",
-            ",",
-            ";",
-            ";",
-            "-",
-            "+",
-            "-1",
-            "- 2",
-            "+3",
-            "1",
-            "'x'",
-            "$1",
-            "\"Q\"",
-            "a",
-            "B",
-            "t.c",
-            "::int",
-            "=",
-            "<>",
-            "*",
-            "--c\n",
-            "/*c*/",
-            "not",
-            "and",
-            "or",
-            "é",
-            "Ü",
-            "$$d$$",
-            "x'1f'",
-            ".5",
-            "1e-3",
-            "case",
-            "when",
-            "then",
-            "end",
-            "limit",
-            "(1, 2)",
-            "((1),(2))",
-        ];
-        let mut seed = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        const PIECES: &str = "select|SELECT|in|IN|values|array|(|)|[|]|,|;|;|-|+|-1|- 2|+3|1|'x'|$1|\"Q\"|a|B|t.c|::int|=|<>|*|--c\n|/*c*/|not|and|or|é|Ü|$$d$$|x'1f'|.5|1e-3|case|when|then|end|limit|(1, 2)|((1),(2))";
+        let pieces: Vec<&str> = PIECES.split('|').collect();
+        let mut next = crate::sql::tests::xorshift(0x2545_F491_4F6C_DD1D);
         for _ in 0..20_000 {
             let len = (next() % 20) as usize;
             let sep = if next() % 4 == 0 { "" } else { " " };
             let text: Vec<&str> = (0..len)
-                .map(|_| PIECES[(next() % PIECES.len() as u64) as usize])
+                .map(|_| pieces[(next() % pieces.len() as u64) as usize])
                 .collect();
             let text = text.join(sep);
             let got = normalize(&text);

@@ -258,18 +258,22 @@ fn cache_is_shareable() {
     }
 }
 
+/// A deterministic pseudo-random sequence (xorshift64) for the token-soup tests.
+pub(super) fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    }
+}
+
 /// Deterministic token soup (a poor man's fuzzer): never panics, normalization is stable.
 #[test]
 fn random_token_soup_is_total() {
     const PIECES: &str = "select|from|where|in|values|array|(|)|[|]|,|;|'|\"|$|$$|$1|$a$|--|/*|*/|-|+|::|:|.|1|1.5e-3|e'\\|u&|x'|é|ü\"|\n| |=|<>|->>|t|id|insert into t|with x as|for update|union|not|and|or|case when|end|null";
     let pieces: Vec<&str> = PIECES.split('|').collect();
-    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut next = xorshift(0x9E37_79B9_7F4A_7C15);
     let cache = SqlCache::new(256);
     for _ in 0..20_000 {
         let n = (next() % 24) as usize;
