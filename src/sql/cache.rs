@@ -40,8 +40,9 @@ struct Slot {
 #[derive(Default)]
 struct Shard {
     map: HashMap<u64, Slot, BuildPassThrough>,
-    /// Hashes of recent misses, indexed by hash (empty at level 2): the admission filter.
-    seen: Box<[u64]>,
+    /// Recent misses (empty at level 2), the admission filter: slot `hash & (len - 1)` holds
+    /// the high half of the hash that last missed there.
+    seen: Box<[u32]>,
     hits: u64,
     misses: u64,
     evictions: u64,
@@ -93,8 +94,9 @@ impl Level {
                 shard.misses += 1;
                 // The table's length is a power of two (or zero: no slot, never seen).
                 let mask = shard.seen.len().wrapping_sub(1);
+                let tag = (hash >> 32) as u32;
                 Err(match shard.seen.get_mut(hash as usize & mask) {
-                    Some(last) => std::mem::replace(last, hash) == hash,
+                    Some(last) => std::mem::replace(last, tag) == tag,
                     None => false,
                 })
             }

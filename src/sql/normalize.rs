@@ -30,8 +30,8 @@ const MAX_COLLAPSE_DEPTH: usize = 256;
 const MAX_ROW_SHAPES: usize = 16;
 
 /// Scratch buffers larger than these are dropped after use rather than kept per thread.
-const MAX_KEPT_TOKENS: usize = 4 * 1024;
-const MAX_KEPT_TEXT: usize = 16 * 1024;
+const MAX_KEPT_TOKENS: usize = 2 * 1024;
+const MAX_KEPT_TEXT: usize = 8 * 1024;
 
 /// What normalization learned about a statement besides its text.
 #[derive(Debug, Clone, Copy)]
