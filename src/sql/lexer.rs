@@ -166,6 +166,27 @@ fn ident_bytes(x: u64) -> u64 {
     (letter | digit | underscore | dollar | x) & HIGH_BITS
 }
 
+/// Words the lexer counts or reports.
+enum Keyword {
+    /// `AND`, `OR`, `NOT`: counted with the operators.
+    Logic,
+    /// `IN`, `ARRAY`, `VALUES`: a list to collapse may follow.
+    List,
+}
+
+fn keyword(word: &str) -> Option<Keyword> {
+    let (kw, class) = match (word.len(), word.as_bytes().first().map(|c| c | 0x20)) {
+        (3, Some(b'a')) => ("and", Keyword::Logic),
+        (2, Some(b'o')) => ("or", Keyword::Logic),
+        (3, Some(b'n')) => ("not", Keyword::Logic),
+        (2, Some(b'i')) => ("in", Keyword::List),
+        (5, Some(b'a')) => ("array", Keyword::List),
+        (6, Some(b'v')) => ("values", Keyword::List),
+        _ => return None,
+    };
+    word.eq_ignore_ascii_case(kw).then_some(class)
+}
+
 /// Words after which a `-`/`+` starts a signed literal rather than a subtraction.
 #[rustfmt::skip]
 const NON_OPERAND_WORDS: &[&str] = &[
@@ -317,45 +338,38 @@ pub(crate) fn lex_into<'a>(src: &'a str, toks: &mut Vec<Tok<'a>>) -> LexStats {
                 i = ident_end(b, i + 1);
                 let word = &src[start..i];
                 let next = b.get(i).copied();
-                let prefix = word.len() == 1 && matches!(c | 0x20, b'e' | b'b' | b'x' | b'n');
-                if prefix && next == Some(b'\'') {
-                    i = skip_quoted(b, i, b'\'', c | 0x20 == b'e');
-                    literals = true;
-                    toks.push(Tok::Value);
-                } else if word.eq_ignore_ascii_case("u") && next == Some(b'&') {
-                    match b.get(i + 1) {
-                        Some(b'\'') => {
-                            i = skip_quoted(b, i + 1, b'\'', false);
-                            literals = true;
-                            toks.push(Tok::Value);
-                        }
-                        Some(b'"') => {
-                            let end = skip_quoted(b, i + 1, b'"', false);
-                            toks.push(Tok::Quoted(&src[start..end]));
-                            i = end;
-                        }
-                        _ => toks.push(Tok::Word(word)),
+                if word.len() == 1 {
+                    let lower = c | 0x20;
+                    if matches!(lower, b'e' | b'b' | b'x' | b'n') && next == Some(b'\'') {
+                        i = skip_quoted(b, i, b'\'', lower == b'e');
+                        literals = true;
+                        toks.push(Tok::Value);
+                        continue;
                     }
-                } else {
-                    match word.len() {
-                        2 | 3
-                            if ["and", "or", "not"]
-                                .iter()
-                                .any(|k| word.eq_ignore_ascii_case(k)) =>
-                        {
-                            operators += 1
+                    if lower == b'u' && next == Some(b'&') {
+                        match b.get(i + 1) {
+                            Some(b'\'') => {
+                                i = skip_quoted(b, i + 1, b'\'', false);
+                                literals = true;
+                                toks.push(Tok::Value);
+                                continue;
+                            }
+                            Some(b'"') => {
+                                let end = skip_quoted(b, i + 1, b'"', false);
+                                toks.push(Tok::Quoted(&src[start..end]));
+                                i = end;
+                                continue;
+                            }
+                            _ => {}
                         }
-                        2 | 5 | 6
-                            if ["in", "array", "values"]
-                                .iter()
-                                .any(|k| word.eq_ignore_ascii_case(k)) =>
-                        {
-                            lists = true
-                        }
-                        _ => {}
                     }
-                    toks.push(Tok::Word(word));
                 }
+                match keyword(word) {
+                    Some(Keyword::Logic) => operators += 1,
+                    Some(Keyword::List) => lists = true,
+                    None => {}
+                }
+                toks.push(Tok::Word(word));
             }
             b':' if b.get(i + 1) == Some(&b':') => {
                 toks.push(Tok::Cast);
@@ -413,6 +427,13 @@ fn operator_end(b: &[u8], start: usize) -> usize {
 }
 
 fn skip_number(b: &[u8], mut i: usize) -> usize {
+    // Plain digits (the common case) first; the general rules continue from there.
+    while b.get(i).is_some_and(u8::is_ascii_digit) {
+        i += 1;
+    }
+    if !b.get(i).is_some_and(|&c| c == b'.' || is(NUMBER, c)) {
+        return i;
+    }
     let digits = |b: &[u8], mut i: usize| {
         while i < b.len() && is(NUMBER, b[i]) {
             if matches!(b[i], b'e' | b'E')
@@ -433,6 +454,7 @@ fn skip_number(b: &[u8], mut i: usize) -> usize {
 }
 
 /// A number; a preceding unary `-`/`+` (one not following an operand) folds into it.
+#[inline]
 fn push_number(toks: &mut Vec<Tok<'_>>) {
     let n = toks.len();
     let signed = n >= 1 && matches!(toks[n - 1], Tok::Op("-") | Tok::Op("+"));

@@ -309,20 +309,14 @@ fn render(toks: &[Tok<'_>], src: &str, out: &mut Vec<u8>) {
     let src = src.as_bytes();
     let mut param = 0u32;
     let mut prev: Option<&Tok<'_>> = None;
-    // Words are copied as written and lower-cased in runs: only words hold ASCII letters
-    // outside quoted identifiers (letters never lex as punctuation, operators or values).
-    let mut lower_from = out.len();
     for t in toks {
         if prev.is_some_and(|p| needs_space(p, t)) {
             out.push(b' ');
         }
         match t {
-            Tok::Word(w) | Tok::Op(w) => push_piece(out, src, w.as_bytes()),
-            Tok::Quoted(q) => {
-                lowercase(&mut out[lower_from..]);
-                out.extend_from_slice(q.as_bytes());
-                lower_from = out.len();
-            }
+            Tok::Word(w) => push_piece(out, src, w.as_bytes(), true),
+            Tok::Op(o) => push_piece(out, src, o.as_bytes(), false),
+            Tok::Quoted(q) => out.extend_from_slice(q.as_bytes()),
             Tok::Value => {
                 param += 1;
                 out.push(b'$');
@@ -333,14 +327,13 @@ fn render(toks: &[Tok<'_>], src: &str, out: &mut Vec<u8>) {
         }
         prev = Some(t);
     }
-    lowercase(&mut out[lower_from..]);
 }
 
 /// Appends `piece`, which is a slice of `src` (as every token's text is). Up to 16 bytes
 /// are copied as a fixed 16-byte window of `src` with the excess cut off, which is cheaper
 /// than a copy of variable length per token.
 #[inline]
-fn push_piece(out: &mut Vec<u8>, src: &[u8], piece: &[u8]) {
+fn push_piece(out: &mut Vec<u8>, src: &[u8], piece: &[u8], lower: bool) {
     const WINDOW: usize = 16;
     let at = (piece.as_ptr() as usize).wrapping_sub(src.as_ptr() as usize);
     let window = src
@@ -348,11 +341,22 @@ fn push_piece(out: &mut Vec<u8>, src: &[u8], piece: &[u8]) {
         .filter(|_| piece.len() <= WINDOW);
     match window {
         Some(w) => {
+            let mut a = [0u8; WINDOW];
+            a.copy_from_slice(w);
+            if lower {
+                lowercase(&mut a);
+            }
             let end = out.len() + piece.len();
-            out.extend_from_slice(w);
+            out.extend_from_slice(&a);
             out.truncate(end);
         }
-        None => out.extend_from_slice(piece),
+        None => {
+            let start = out.len();
+            out.extend_from_slice(piece);
+            if lower {
+                lowercase(&mut out[start..]);
+            }
+        }
     }
 }
 
