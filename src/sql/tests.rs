@@ -240,6 +240,21 @@ fn literal_churn_stays_out_of_level_one() {
 }
 
 #[test]
+fn hot_text_stays_a_level_one_hit_through_sweeps() {
+    let c = SqlCache::new(64);
+    let hot = "select * from hot where id = 1";
+    let first = c.analyze(hot);
+    for i in 0..2_000 {
+        // A new shape each time: admitted to level 1 at once, so shards keep filling up.
+        let _ = c.analyze(&format!("select * from t{i} where id = 1"));
+        let before = c.stats().text_hits;
+        assert!(Arc::ptr_eq(&first, &c.analyze(hot)));
+        assert_eq!(c.stats().text_hits, before + 1, "lookup {i}");
+    }
+    assert!(c.stats().evictions > 1_000);
+}
+
+#[test]
 fn cache_is_shareable() {
     let c = Arc::new(SqlCache::default());
     let hs: Vec<_> = (0..4)
