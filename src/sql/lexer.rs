@@ -4,6 +4,11 @@
 //! whitespace disappear. It also measures operator count and bracket depth so the caller can
 //! refuse to hand pathological input to sqlparser (whose AST recursion could overflow a
 //! small task stack).
+//!
+//! [`number_spans`] and [`same_but_numbers`] let a caller reuse one text's normalization for
+//! another text that differs from it only in the digits of its integer literals.
+
+use super::hash::{within, HIGH_BITS, ONES};
 
 /// One token of a statement. Slices borrow the input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,17 +152,9 @@ fn ident_end(b: &[u8], mut i: usize) -> usize {
     i
 }
 
-const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
-
 /// Bit 7 of each byte of the result is set where that byte of `x` is an identifier byte
 /// (the same set as [`IDENT`]: ASCII letters, digits, `_`, `$`, any non-ASCII byte).
 fn ident_bytes(x: u64) -> u64 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    // Per byte of `v` (each below 0x80, so no carries cross bytes): bit 7 set iff the byte
-    // is in `lo..=hi`, as (v >= lo) xor (v > hi).
-    let within = |v: u64, lo: u8, hi: u8| {
-        (v + u64::from(0x80 - lo) * ONES) ^ (v + u64::from(0x7f - hi) * ONES)
-    };
     let low = x & !HIGH_BITS;
     let letter = within(low | (0x20 * ONES), b'a', b'z');
     let digit = within(low, b'0', b'9');
@@ -266,6 +263,63 @@ pub(crate) fn lex(src: &str) -> Lexed<'_> {
 
 /// Lexes `src` completely, appending its tokens to `toks` (a caller's reused buffer).
 pub(crate) fn lex_into<'a>(src: &'a str, toks: &mut Vec<Tok<'a>>) -> LexStats {
+    lex_recording(src, toks, None)
+}
+
+/// The byte ranges of the number literals of `src`, when it has at least one and every one
+/// is a run of ASCII digits alone (no sign, point, exponent, letter or `_`).
+pub(crate) fn number_spans(src: &str) -> Option<Box<[(u32, u32)]>> {
+    let mut spans = Vec::new();
+    lex_recording(src, &mut Vec::new(), Some(&mut spans));
+    let digits_only = |&(start, end): &(usize, usize)| {
+        src.as_bytes()
+            .get(start..end)
+            .is_some_and(|d| d.iter().all(u8::is_ascii_digit))
+    };
+    if spans.is_empty() || !spans.iter().all(digits_only) {
+        return None;
+    }
+    spans
+        .into_iter()
+        .map(|(start, end)| Some((u32::try_from(start).ok()?, u32::try_from(end).ok()?)))
+        .collect()
+}
+
+/// Whether `text` lexes to the same tokens as `template`, whose [`number_spans`] are `spans`:
+/// both have the same length and the same bytes outside the spans, and digits inside them.
+///
+/// Why that suffices: the lexer reads left to right, and no token's extent depends on the
+/// digits of a number after it. Each span is a whole number token, so the byte before it is
+/// not an identifier byte or `$` (which would have absorbed the digits) and the byte after
+/// it neither continues a number (letter, digit, `_`) nor starts a fraction (a `.` not
+/// followed by another `.`); those bytes are the same in `text`, so there too each span is
+/// exactly one number token, and every other token covers the same bytes in both texts.
+pub(crate) fn same_but_numbers(template: &str, spans: &[(u32, u32)], text: &str) -> bool {
+    let (t, u) = (template.as_bytes(), text.as_bytes());
+    if t.len() != u.len() {
+        return false;
+    }
+    let mut at = 0;
+    for &(start, end) in spans {
+        let (start, end) = (start as usize, end as usize);
+        if t.get(at..start) != u.get(at..start)
+            || !u
+                .get(start..end)
+                .is_some_and(|d| d.iter().all(u8::is_ascii_digit))
+        {
+            return false;
+        }
+        at = end;
+    }
+    t.get(at..) == u.get(at..)
+}
+
+/// [`lex_into`], also noting the byte range of every number literal in `spans`.
+fn lex_recording<'a>(
+    src: &'a str,
+    toks: &mut Vec<Tok<'a>>,
+    mut spans: Option<&mut Vec<(usize, usize)>>,
+) -> LexStats {
     let b = src.as_bytes();
     toks.reserve(b.len() / 4 + 4);
     let (mut operators, mut depth, mut max_depth) = (0usize, 0usize, 0usize);
@@ -323,13 +377,12 @@ pub(crate) fn lex_into<'a>(src: &'a str, toks: &mut Vec<Tok<'a>>) -> LexStats {
                     i += 1;
                 }
             }
-            b'0'..=b'9' => {
+            b'0'..=b'9' | b'.' if c != b'.' || b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                let start = i;
                 i = skip_number(b, i);
-                literals = true;
-                push_number(toks);
-            }
-            b'.' if b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
-                i = skip_number(b, i);
+                if let Some(spans) = spans.as_deref_mut() {
+                    spans.push((start, i));
+                }
                 literals = true;
                 push_number(toks);
             }

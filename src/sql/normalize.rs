@@ -9,6 +9,7 @@
 //! is rendered as bytes: every piece is a slice of the UTF-8 input cut at ASCII bytes (or its
 //! end), and lower-casing touches ASCII letters only, so the bytes are always valid UTF-8.
 
+use super::hash::{within, HIGH_BITS};
 use super::lexer::{lex_into, LexStats, Tok};
 use std::cell::RefCell;
 
@@ -362,18 +363,12 @@ fn push_piece(out: &mut Vec<u8>, src: &[u8], piece: &[u8], lower: bool) {
 
 /// ASCII-only lower-casing (any UTF-8 stays intact): eight bytes at a time.
 fn lowercase(bytes: &mut [u8]) {
-    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
     let mut chunks = bytes.chunks_exact_mut(8);
     for chunk in &mut chunks {
         let mut w = [0u8; 8];
         w.copy_from_slice(chunk);
         let x = u64::from_le_bytes(w);
-        // Per byte, bit 7 set when: byte >= 'A' (low 7 bits), byte > 'Z', byte is ASCII.
-        let low = x & LOW7;
-        let ge_a = low + (0x80 - u64::from(b'A')) * (HIGH >> 7);
-        let gt_z = low + (0x7f - u64::from(b'Z')) * (HIGH >> 7);
-        let upper = (ge_a ^ gt_z) & !x & HIGH;
+        let upper = within(x & !HIGH_BITS, b'A', b'Z') & !x;
         chunk.copy_from_slice(&(x | (upper >> 2)).to_le_bytes());
     }
     chunks.into_remainder().make_ascii_lowercase();
