@@ -1,7 +1,9 @@
 //! Stable 64-bit hashing of byte strings: the statement-text hash used as the memo key and
 //! the fingerprint id derived from normalized text. Both are pure functions of their input
 //! (fixed seeds, explicit little-endian reads), so ids are identical across processes,
-//! platforms and releases. Also a pass-through `BuildHasher` for maps keyed by these hashes.
+//! platforms and releases. Also the key of the numbers-template memo (the text hash with
+//! every digit read as `0`), word-at-a-time byte tests shared by the lexer and the renderer,
+//! and a pass-through `BuildHasher` for maps keyed by these hashes.
 
 use std::hash::{BuildHasher, Hasher};
 
@@ -13,6 +15,27 @@ const P3: u64 = 0x1656_67B1_9E37_79F9;
 const TEXT_SEED: u64 = 0x7067_6665_7272_7931;
 /// Seed of the fingerprint id.
 const FINGERPRINT_SEED: u64 = 0x7067_6665_7272_7966;
+/// Seed of [`digits_masked_hash`].
+const TEMPLATE_SEED: u64 = 0x7067_6665_7272_7974;
+
+/// Bit 7 of every byte.
+pub(crate) const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+/// One in every byte: `b * ONES` repeats byte `b`.
+pub(crate) const ONES: u64 = 0x0101_0101_0101_0101;
+
+/// Eight bytes at a time: for `v` whose bytes are all below 0x80, bit 7 of each byte of the
+/// result is set iff that byte is in `lo..=hi` (both below 0x80), as (byte >= lo) xor
+/// (byte > hi); the additions cannot carry across bytes.
+#[inline]
+pub(crate) fn within(v: u64, lo: u8, hi: u8) -> u64 {
+    ((v + u64::from(0x80 - lo) * ONES) ^ (v + u64::from(0x7f - hi) * ONES)) & HIGH_BITS
+}
+
+/// Bit 7 of each byte of the result is set where that byte of `x` is an ASCII digit.
+#[inline]
+pub(crate) fn ascii_digits(x: u64) -> u64 {
+    within(x & !HIGH_BITS, b'0', b'9') & !x
+}
 
 #[inline]
 fn round(acc: u64, word: u64) -> u64 {
@@ -33,18 +56,33 @@ fn avalanche(mut h: u64) -> u64 {
 /// Hashes `data` with `seed`: 8 bytes per round, tail packed with its length, then a final
 /// avalanche. Not cryptographic; callers that must not confuse two inputs compare the text.
 pub fn hash_with_seed(seed: u64, data: &[u8]) -> u64 {
+    hash_words(seed, data, |w| w)
+}
+
+/// [`hash_with_seed`] of the words of `data` as passed through `map` (the zero-padded tail
+/// word included).
+#[inline]
+fn hash_words(seed: u64, data: &[u8], mut map: impl FnMut(u64) -> u64) -> u64 {
     let mut acc = seed ^ (data.len() as u64).wrapping_mul(P3);
     let mut chunks = data.chunks_exact(8);
     for chunk in &mut chunks {
         let mut w = [0u8; 8];
         w.copy_from_slice(chunk);
-        acc = round(acc, u64::from_le_bytes(w));
+        acc = round(acc, map(u64::from_le_bytes(w)));
     }
     let rest = chunks.remainder();
     if !rest.is_empty() {
-        let mut w = [0u8; 8];
-        w[..rest.len()].copy_from_slice(rest);
-        acc = round(acc ^ rest.len() as u64, u64::from_le_bytes(w));
+        // The tail as a little-endian word, zero-padded: from the (overlapping) last eight
+        // bytes when there are that many, which avoids a copy of variable length.
+        let tail = match data.len().checked_sub(8).and_then(|at| data.get(at..)) {
+            Some(last) => {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(last);
+                u64::from_le_bytes(w) >> (8 * (8 - rest.len()))
+            }
+            None => rest.iter().rev().fold(0, |w, &b| (w << 8) | u64::from(b)),
+        };
+        acc = round(acc ^ rest.len() as u64, map(tail));
     }
     avalanche(acc)
 }
@@ -54,6 +92,20 @@ pub fn hash_with_seed(seed: u64, data: &[u8]) -> u64 {
 /// the `params_hash` of the N+1 detector.
 pub fn text_hash(text: &[u8]) -> u64 {
     hash_with_seed(TEXT_SEED, text)
+}
+
+/// The key of the numbers-template memo: the hash of `text` with every ASCII digit read as
+/// `0`, so texts that differ only in the digits of same-length numbers share it. `None`
+/// when `text` has no digit.
+pub(crate) fn digits_masked_hash(text: &[u8]) -> Option<u64> {
+    let mut digits = 0;
+    let hash = hash_words(TEMPLATE_SEED, text, |w| {
+        let d = ascii_digits(w);
+        digits |= d;
+        let whole = (d >> 7) * 0xff;
+        (w & !whole) | ((u64::from(b'0') * ONES) & whole)
+    });
+    (digits != 0).then_some(hash)
 }
 
 /// The fingerprint id of a normalized statement text.
@@ -114,6 +166,41 @@ mod tests {
             fingerprint_of("select * from users where id = $1"),
             PINNED_FP
         );
+    }
+
+    #[test]
+    fn masked_hash_reads_digits_as_zero() {
+        let key = |s: &str| digits_masked_hash(s.as_bytes());
+        assert_eq!(
+            key("where id = 42 and x = 7"),
+            key("where id = 90 and x = 0")
+        );
+        assert_eq!(key("t1234567890"), key("t0000000000"));
+        assert_ne!(key("where id = 42"), key("where id = 421"));
+        assert_ne!(key("where id = 42"), key("where id = 4a"));
+        assert_eq!(key("no digits here"), None);
+        assert_ne!(key("x1"), Some(text_hash(b"x0")));
+        // Every byte at every position of a word and of the tail.
+        for len in [8, 13] {
+            for pos in 0..len {
+                for b in 0..=255u8 {
+                    let mut v = vec![b'a'; len];
+                    v[pos] = b;
+                    let mut masked = v.clone();
+                    if b.is_ascii_digit() {
+                        masked[pos] = b'0';
+                    }
+                    let want = b
+                        .is_ascii_digit()
+                        .then(|| hash_with_seed(TEMPLATE_SEED, &masked));
+                    assert_eq!(
+                        digits_masked_hash(&v),
+                        want,
+                        "byte {b:#x} at {pos} of {len}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -4,6 +4,11 @@
 //! whitespace disappear. It also measures operator count and bracket depth so the caller can
 //! refuse to hand pathological input to sqlparser (whose AST recursion could overflow a
 //! small task stack).
+//!
+//! [`number_spans`] and [`same_but_numbers`] let a caller reuse one text's normalization for
+//! another text that differs from it only in the digits of its integer literals.
+
+use super::hash::{within, HIGH_BITS, ONES};
 
 /// One token of a statement. Slices borrow the input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +134,56 @@ fn is_ident_char(b: u8) -> bool {
     is(IDENT, b)
 }
 
+/// The end of the identifier bytes from `i`: eight bytes at a time while eight remain, so
+/// a short word costs one step instead of a loop whose exit is hard to predict.
+fn ident_end(b: &[u8], mut i: usize) -> usize {
+    while let Some(chunk) = b.get(i..i + 8) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(chunk);
+        let stops = !ident_bytes(u64::from_le_bytes(w)) & HIGH_BITS;
+        if stops != 0 {
+            return i + (stops.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while i < b.len() && is_ident_char(b[i]) {
+        i += 1;
+    }
+    i
+}
+
+/// Bit 7 of each byte of the result is set where that byte of `x` is an identifier byte
+/// (the same set as [`IDENT`]: ASCII letters, digits, `_`, `$`, any non-ASCII byte).
+fn ident_bytes(x: u64) -> u64 {
+    let low = x & !HIGH_BITS;
+    let letter = within(low | (0x20 * ONES), b'a', b'z');
+    let digit = within(low, b'0', b'9');
+    let underscore = within(low, b'_', b'_');
+    let dollar = within(low, b'$', b'$');
+    (letter | digit | underscore | dollar | x) & HIGH_BITS
+}
+
+/// Words the lexer counts or reports.
+enum Keyword {
+    /// `AND`, `OR`, `NOT`: counted with the operators.
+    Logic,
+    /// `IN`, `ARRAY`, `VALUES`: a list to collapse may follow.
+    List,
+}
+
+fn keyword(word: &str) -> Option<Keyword> {
+    let (kw, class) = match (word.len(), word.as_bytes().first().map(|c| c | 0x20)) {
+        (3, Some(b'a')) => ("and", Keyword::Logic),
+        (2, Some(b'o')) => ("or", Keyword::Logic),
+        (3, Some(b'n')) => ("not", Keyword::Logic),
+        (2, Some(b'i')) => ("in", Keyword::List),
+        (5, Some(b'a')) => ("array", Keyword::List),
+        (6, Some(b'v')) => ("values", Keyword::List),
+        _ => return None,
+    };
+    word.eq_ignore_ascii_case(kw).then_some(class)
+}
+
 /// Words after which a `-`/`+` starts a signed literal rather than a subtraction.
 #[rustfmt::skip]
 const NON_OPERAND_WORDS: &[&str] = &[
@@ -208,6 +263,63 @@ pub(crate) fn lex(src: &str) -> Lexed<'_> {
 
 /// Lexes `src` completely, appending its tokens to `toks` (a caller's reused buffer).
 pub(crate) fn lex_into<'a>(src: &'a str, toks: &mut Vec<Tok<'a>>) -> LexStats {
+    lex_recording(src, toks, None)
+}
+
+/// The byte ranges of the number literals of `src`, when it has at least one and every one
+/// is a run of ASCII digits alone (no sign, point, exponent, letter or `_`).
+pub(crate) fn number_spans(src: &str) -> Option<Box<[(u32, u32)]>> {
+    let mut spans = Vec::new();
+    lex_recording(src, &mut Vec::new(), Some(&mut spans));
+    let digits_only = |&(start, end): &(usize, usize)| {
+        src.as_bytes()
+            .get(start..end)
+            .is_some_and(|d| d.iter().all(u8::is_ascii_digit))
+    };
+    if spans.is_empty() || !spans.iter().all(digits_only) {
+        return None;
+    }
+    spans
+        .into_iter()
+        .map(|(start, end)| Some((u32::try_from(start).ok()?, u32::try_from(end).ok()?)))
+        .collect()
+}
+
+/// Whether `text` lexes to the same tokens as `template`, whose [`number_spans`] are `spans`:
+/// both have the same length and the same bytes outside the spans, and digits inside them.
+///
+/// Why that suffices: the lexer reads left to right, and no token's extent depends on the
+/// digits of a number after it. Each span is a whole number token, so the byte before it is
+/// not an identifier byte or `$` (which would have absorbed the digits) and the byte after
+/// it neither continues a number (letter, digit, `_`) nor starts a fraction (a `.` not
+/// followed by another `.`); those bytes are the same in `text`, so there too each span is
+/// exactly one number token, and every other token covers the same bytes in both texts.
+pub(crate) fn same_but_numbers(template: &str, spans: &[(u32, u32)], text: &str) -> bool {
+    let (t, u) = (template.as_bytes(), text.as_bytes());
+    if t.len() != u.len() {
+        return false;
+    }
+    let mut at = 0;
+    for &(start, end) in spans {
+        let (start, end) = (start as usize, end as usize);
+        if t.get(at..start) != u.get(at..start)
+            || !u
+                .get(start..end)
+                .is_some_and(|d| d.iter().all(u8::is_ascii_digit))
+        {
+            return false;
+        }
+        at = end;
+    }
+    t.get(at..) == u.get(at..)
+}
+
+/// [`lex_into`], also noting the byte range of every number literal in `spans`.
+fn lex_recording<'a>(
+    src: &'a str,
+    toks: &mut Vec<Tok<'a>>,
+    mut spans: Option<&mut Vec<(usize, usize)>>,
+) -> LexStats {
     let b = src.as_bytes();
     toks.reserve(b.len() / 4 + 4);
     let (mut operators, mut depth, mut max_depth) = (0usize, 0usize, 0usize);
@@ -265,62 +377,52 @@ pub(crate) fn lex_into<'a>(src: &'a str, toks: &mut Vec<Tok<'a>>) -> LexStats {
                     i += 1;
                 }
             }
-            b'0'..=b'9' => {
+            b'0'..=b'9' | b'.' if c != b'.' || b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                let start = i;
                 i = skip_number(b, i);
-                literals = true;
-                push_number(toks);
-            }
-            b'.' if b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
-                i = skip_number(b, i);
+                if let Some(spans) = spans.as_deref_mut() {
+                    spans.push((start, i));
+                }
                 literals = true;
                 push_number(toks);
             }
             _ if is_ident_start(c) => {
                 let start = i;
-                while i < b.len() && is_ident_char(b[i]) {
-                    i += 1;
-                }
+                i = ident_end(b, i + 1);
                 let word = &src[start..i];
                 let next = b.get(i).copied();
-                let prefix = word.len() == 1 && matches!(c | 0x20, b'e' | b'b' | b'x' | b'n');
-                if prefix && next == Some(b'\'') {
-                    i = skip_quoted(b, i, b'\'', c | 0x20 == b'e');
-                    literals = true;
-                    toks.push(Tok::Value);
-                } else if word.eq_ignore_ascii_case("u") && next == Some(b'&') {
-                    match b.get(i + 1) {
-                        Some(b'\'') => {
-                            i = skip_quoted(b, i + 1, b'\'', false);
-                            literals = true;
-                            toks.push(Tok::Value);
-                        }
-                        Some(b'"') => {
-                            let end = skip_quoted(b, i + 1, b'"', false);
-                            toks.push(Tok::Quoted(&src[start..end]));
-                            i = end;
-                        }
-                        _ => toks.push(Tok::Word(word)),
+                if word.len() == 1 {
+                    let lower = c | 0x20;
+                    if matches!(lower, b'e' | b'b' | b'x' | b'n') && next == Some(b'\'') {
+                        i = skip_quoted(b, i, b'\'', lower == b'e');
+                        literals = true;
+                        toks.push(Tok::Value);
+                        continue;
                     }
-                } else {
-                    match word.len() {
-                        2 | 3
-                            if ["and", "or", "not"]
-                                .iter()
-                                .any(|k| word.eq_ignore_ascii_case(k)) =>
-                        {
-                            operators += 1
+                    if lower == b'u' && next == Some(b'&') {
+                        match b.get(i + 1) {
+                            Some(b'\'') => {
+                                i = skip_quoted(b, i + 1, b'\'', false);
+                                literals = true;
+                                toks.push(Tok::Value);
+                                continue;
+                            }
+                            Some(b'"') => {
+                                let end = skip_quoted(b, i + 1, b'"', false);
+                                toks.push(Tok::Quoted(&src[start..end]));
+                                i = end;
+                                continue;
+                            }
+                            _ => {}
                         }
-                        2 | 5 | 6
-                            if ["in", "array", "values"]
-                                .iter()
-                                .any(|k| word.eq_ignore_ascii_case(k)) =>
-                        {
-                            lists = true
-                        }
-                        _ => {}
                     }
-                    toks.push(Tok::Word(word));
                 }
+                match keyword(word) {
+                    Some(Keyword::Logic) => operators += 1,
+                    Some(Keyword::List) => lists = true,
+                    None => {}
+                }
+                toks.push(Tok::Word(word));
             }
             b':' if b.get(i + 1) == Some(&b':') => {
                 toks.push(Tok::Cast);
@@ -378,6 +480,13 @@ fn operator_end(b: &[u8], start: usize) -> usize {
 }
 
 fn skip_number(b: &[u8], mut i: usize) -> usize {
+    // Plain digits (the common case) first; the general rules continue from there.
+    while b.get(i).is_some_and(u8::is_ascii_digit) {
+        i += 1;
+    }
+    if !b.get(i).is_some_and(|&c| c == b'.' || is(NUMBER, c)) {
+        return i;
+    }
     let digits = |b: &[u8], mut i: usize| {
         while i < b.len() && is(NUMBER, b[i]) {
             if matches!(b[i], b'e' | b'E')
@@ -398,6 +507,7 @@ fn skip_number(b: &[u8], mut i: usize) -> usize {
 }
 
 /// A number; a preceding unary `-`/`+` (one not following an operand) folds into it.
+#[inline]
 fn push_number(toks: &mut Vec<Tok<'_>>) {
     let n = toks.len();
     let signed = n >= 1 && matches!(toks[n - 1], Tok::Op("-") | Tok::Op("+"));
@@ -464,6 +574,24 @@ mod tests {
             "\u{e9}t\u{e9}",
         ] {
             let _ = lex(s);
+        }
+    }
+
+    #[test]
+    fn word_wise_ident_scan_matches_bytes() {
+        // Every byte value at every position of runs long and short enough for both paths.
+        for len in [3, 8, 9, 17, 24] {
+            for pos in 0..len {
+                for c in 0..=255u8 {
+                    let mut v: Vec<u8> = (0..len).map(|i| b"aZ_$09\xc3q"[i % 8]).collect();
+                    v[pos] = c;
+                    let mut want = 1;
+                    while want < v.len() && is_ident_char(v[want]) {
+                        want += 1;
+                    }
+                    assert_eq!(ident_end(&v, 1), want, "byte {c:#x} at {pos} of {len}");
+                }
+            }
         }
     }
 

@@ -240,6 +240,21 @@ fn literal_churn_stays_out_of_level_one() {
 }
 
 #[test]
+fn hot_text_stays_a_level_one_hit_through_sweeps() {
+    let c = SqlCache::new(64);
+    let hot = "select * from hot where id = 1";
+    let first = c.analyze(hot);
+    for i in 0..2_000 {
+        // A new shape each time: admitted to level 1 at once, so shards keep filling up.
+        let _ = c.analyze(&format!("select * from t{i} where id = 1"));
+        let before = c.stats().text_hits;
+        assert!(Arc::ptr_eq(&first, &c.analyze(hot)));
+        assert_eq!(c.stats().text_hits, before + 1, "lookup {i}");
+    }
+    assert!(c.stats().evictions > 1_000);
+}
+
+#[test]
 fn cache_is_shareable() {
     let c = Arc::new(SqlCache::default());
     let hs: Vec<_> = (0..4)
@@ -258,18 +273,22 @@ fn cache_is_shareable() {
     }
 }
 
+/// A deterministic pseudo-random sequence (xorshift64) for the token-soup tests.
+pub(super) fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    }
+}
+
 /// Deterministic token soup (a poor man's fuzzer): never panics, normalization is stable.
 #[test]
 fn random_token_soup_is_total() {
     const PIECES: &str = "select|from|where|in|values|array|(|)|[|]|,|;|'|\"|$|$$|$1|$a$|--|/*|*/|-|+|::|:|.|1|1.5e-3|e'\\|u&|x'|é|ü\"|\n| |=|<>|->>|t|id|insert into t|with x as|for update|union|not|and|or|case when|end|null";
     let pieces: Vec<&str> = PIECES.split('|').collect();
-    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut next = xorshift(0x9E37_79B9_7F4A_7C15);
     let cache = SqlCache::new(256);
     for _ in 0..20_000 {
         let n = (next() % 24) as usize;
@@ -406,6 +425,102 @@ fn corpus_fingerprints_are_pinned() {
                     (*want, normalized.as_str())
                 );
             }
+        }
+    }
+}
+
+/// Replaces every ASCII digit of `s` with a digit drawn from `next` (positions unchanged).
+fn redigit(s: &str, next: &mut impl FnMut() -> u64) -> String {
+    s.chars()
+        .map(|c| match c {
+            '0'..='9' => char::from(b'0' + (next() % 10) as u8),
+            c => c,
+        })
+        .collect()
+}
+
+/// A text accepted by `same_but_numbers` against a template normalizes exactly as the
+/// template does; one that only changes the digits of the template's numbers is accepted.
+#[test]
+fn numbers_templates_are_sound() {
+    use super::lexer::{number_spans, same_but_numbers};
+    const PIECES: &str = "select|from|where|in|values|(|)|[|]|,|;|=|-|+|*|.|..|::|:|$|$1|$12|$$9$$|$a1$ 2 $a1$|1|42|007|1.5|.5|5.|1e5|1e-5|0x1f|1_000|12ab|t1|t22|x1y|_9|é1|'12'|'a 3'|\"q4\"|e'5'|x'6'|b'7'|n'8'|u&'9'|U&\"1\"|--1\n|/*2*/|::int4|-1|- 2|+3|a-1|(-4)|not|and|limit|offset|id";
+    let pieces: Vec<&str> = PIECES.split('|').collect();
+    let mut next = xorshift(0xA076_1D64_78BD_642F);
+    let (mut accepted, mut templates) = (0, 0);
+    for _ in 0..20_000 {
+        let len = (next() % 12) as usize;
+        let sep = if next() % 3 == 0 { "" } else { " " };
+        let parts: Vec<&str> = (0..len)
+            .map(|_| pieces[(next() % pieces.len() as u64) as usize])
+            .collect();
+        let template = parts.join(sep);
+        let Some(spans) = number_spans(&template) else {
+            continue;
+        };
+        templates += 1;
+        let want = normalize::normalize(&template);
+        // Only the template's numbers re-drawn: always accepted.
+        let mut numbers_only = template.clone().into_bytes();
+        for &(start, end) in spans.iter() {
+            for b in &mut numbers_only[start as usize..end as usize] {
+                *b = b'0' + (next() % 10) as u8;
+            }
+        }
+        let numbers_only = String::from_utf8(numbers_only).unwrap();
+        assert!(
+            same_but_numbers(&template, &spans, &numbers_only),
+            "{template:?} vs {numbers_only:?}"
+        );
+        // Every digit re-drawn (identifiers, strings, parameters too): accepted only when sound.
+        for text in [numbers_only, redigit(&template, &mut next)] {
+            if same_but_numbers(&template, &spans, &text) {
+                accepted += 1;
+                let got = normalize::normalize(&text);
+                assert_eq!(got.text, want.text, "{template:?} vs {text:?}");
+                assert_eq!(
+                    (got.parse_safe, got.multi_statement),
+                    (want.parse_safe, want.multi_statement),
+                    "{template:?} vs {text:?}"
+                );
+            }
+        }
+    }
+    assert!(
+        templates > 2_000 && accepted > templates,
+        "{templates} {accepted}"
+    );
+}
+
+/// Through the cache, texts that differ from earlier ones only in digits (of numbers,
+/// identifiers, strings or parameters) get exactly their uncached analysis.
+#[test]
+fn cached_digit_variants_match_uncached() {
+    let c = SqlCache::new(64);
+    let mut next = xorshift(0x5851_F42D_4C95_7F2D);
+    let mut texts = corpus();
+    texts.extend(
+        [
+            "select * from t1 where id = 5",
+            "select * from t2 where id = 6",
+            "select * from events_2024_01 where id = 17",
+            "select * from events_2024_02 where id = 18",
+            "select $1, 7 from t where a = '12' and b = 34",
+            "select 5; select 6",
+            "select 1.5, 2 from t",
+            "select -1, - 2, x-3 from t limit 10 offset 20",
+        ]
+        .map(String::from),
+    );
+    for t in &texts {
+        for _ in 0..6 {
+            let v = redigit(t, &mut next);
+            let (cached, fresh) = (c.analyze(&v), analyze_uncached(&v));
+            assert_eq!(
+                (cached.fingerprint, &*cached.normalized),
+                (fresh.fingerprint, &*fresh.normalized),
+                "{v:?}"
+            );
         }
     }
 }
