@@ -601,15 +601,10 @@ fn spawn_client(
             tracing::debug!(%peer, error = %e, "cannot set TCP keepalive options");
         }
     }
+    // The task is the serve future itself: wrapping it in an async block that captures its
+    // inputs would hold them twice in every client's task.
     let guard = live.enter();
-    let app = app.clone();
-    // The serve future is built inside the task: a future captured by an async block and then
-    // awaited occupies the task twice (as the capture and as the awaited local), which doubled
-    // the memory of every idle client.
-    tokio::spawn(async move {
-        let _guard = guard;
-        crate::client::serve(app, stream, peer).await;
-    });
+    tokio::spawn(crate::client::serve(app.clone(), stream, peer, guard));
 }
 
 /// Reacts to SIGTERM / SIGINT: the first one starts `mode`, a second one exits at once.

@@ -31,21 +31,33 @@ impl From<std::io::Error> for ClientError {
     }
 }
 
-/// Serves one accepted client connection to its end.
-pub async fn serve(app: Arc<App>, stream: Stream, peer: SocketAddr) {
+/// Serves one accepted client connection to its end (holding `guard` until then).
+///
+/// The setup runs before the future is built, so the future holds the connection once (an
+/// `async fn` keeps its arguments and the locals moved out of them in separate slots, and an
+/// idle client's memory is mostly the size of this future).
+pub fn serve(
+    app: Arc<App>,
+    stream: Stream,
+    peer: SocketAddr,
+    guard: impl Send + 'static,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     let _ = stream.set_nodelay();
     let count = app.client_enter();
     let max_packet = app.config.load().pgferry.max_packet_size as usize;
     let mut conn = Conn::new(stream, max_packet);
-    let result = session_for(&app, &mut conn, peer, count).await;
-    if let Err(e) = result {
-        match e {
-            ClientError::Net(NetError::Closed) => {}
-            e => tracing::debug!(%peer, error = %e, "client connection ended"),
+    async move {
+        let _guard = guard;
+        let result = session_for(&app, &mut conn, peer, count).await;
+        if let Err(e) = result {
+            match e {
+                ClientError::Net(NetError::Closed) => {}
+                e => tracing::debug!(%peer, error = %e, "client connection ended"),
+            }
         }
+        conn.close().await;
+        app.client_leave();
     }
-    conn.close().await;
-    app.client_leave();
 }
 
 async fn session_for(
@@ -63,25 +75,23 @@ async fn session_for(
         }
         None => return Ok(()), // a cancel request, already answered
     };
-    let db = login.pool.database.clone();
-    let user = login.user.clone();
     if app.config.load().pgferry.log_connections {
-        tracing::info!(%peer, %db, %user, "login");
+        tracing::info!(%peer, db = %login.pool.database, user = %login.user, "login");
     }
     let info = app.register_client(
         peer,
         conn.stream().local_addr(),
-        &user,
-        &db,
+        &login.user,
+        &login.pool.database,
         login.params.get("application_name").unwrap_or(""),
     );
     if let Some(tls) = conn.stream().tls_description() {
         let _ = info.tls.set(tls);
     }
-    let id = info.id;
-    let r = session::run(app, conn, *login, info).await;
-    app.unregister_client(id);
+    let r = session::run(app, conn, login, Arc::clone(&info)).await;
+    app.unregister_client(info.id);
     if app.config.load().pgferry.log_disconnections {
+        let (db, user) = (&info.database, &info.user);
         tracing::info!(%peer, %db, %user, outcome = %match &r { Ok(()) => "closed".to_owned(), Err(e) => e.to_string() }, "logout");
     }
     r

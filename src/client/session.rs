@@ -25,6 +25,7 @@ use crate::sql::{text_hash, Analysis};
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -166,8 +167,10 @@ struct Session<'a> {
     /// The server is in extended-protocol COPY FROM STDIN until the client's next copy end:
     /// PostgreSQL ignores Sync meanwhile, so no ReadyForQuery will answer one.
     copy_in_until: Option<u64>,
-    /// N+1 detector of this client (None when query insight is off).
-    detector: Option<SessionDetector>,
+    /// Query insight is on: statements are analyzed and timed.
+    insight: bool,
+    /// N+1 detector of this client, made at its first statement (idle clients go without).
+    detector: Option<Box<SessionDetector>>,
     /// Analysis of the client's statements by name ("" = unnamed), and of its last Bind.
     analyses: HashMap<Box<[u8]>, Arc<Analysis>>,
     bound: Option<(Arc<Analysis>, u64)>,
@@ -181,37 +184,36 @@ struct Session<'a> {
     timeouts: ClientTimeouts,
     /// The time, read at most once per turn of the session loop (see [`Session::now`]).
     clock: Option<Instant>,
+    /// The timer of the per-client timeouts, made at the first wait that has one and reset
+    /// for each later wait (boxed: clients without timeouts, and every client's future, go
+    /// without its space).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// Runs a logged-in client's session until it ends.
 pub async fn run(
     app: &Arc<App>,
     client: &mut Conn<Stream>,
-    login: Login,
+    login: Box<Login>,
     info: Arc<ClientInfo>,
 ) -> Result<(), ClientError> {
-    let mode = login.pool.settings().mode;
-    let pid = login.pid;
-    let detector = app.insight.config().enabled.then(|| {
-        app.insight.new_session(SessionContext {
-            database: login.pool.database.clone(),
-            user: login.user.clone(),
-            application_name: login
-                .params
-                .get("application_name")
-                .unwrap_or("")
-                .to_owned(),
-            client_addr: info.addr.to_string(),
-        })
-    });
+    let Login {
+        pool,
+        server,
+        user: _,
+        params,
+        pid,
+        cancel,
+    } = *login;
+    let mode = pool.settings().mode;
     let mut s = Session {
         app,
         client,
         mode,
         rewrite: mode != PoolMode::Session,
-        pool: login.pool,
+        pool,
         server: None,
-        params: login.params,
+        params,
         stmts: Statements::default(),
         pending: VecDeque::new(),
         unsynced: false,
@@ -219,12 +221,13 @@ pub async fn run(
         errored: false,
         tx: b'I',
         search_path_dirty: false,
-        cancel: login.cancel,
+        cancel,
         info,
         tally: Tally::default(),
         copy_ends: 0,
         copy_in_until: None,
-        detector,
+        insight: app.insight.config().enabled,
+        detector: None,
         analyses: HashMap::new(),
         bound: None,
         notice: None,
@@ -233,13 +236,10 @@ pub async fn run(
         config: app.config.load_full(),
         timeouts: ClientTimeouts::default(),
         clock: None,
+        timer: None,
     };
     s.timeouts = s.config.client_timeouts_for(&s.info.user);
-    if let Some(c) = login.server {
-        s.attach(c).await;
-        // Idle until the client's first request: session time is not transaction time.
-        s.xact_start = None;
-    }
+    s.begin(server).await;
     let r = s.run_loop().await;
     Box::pin(s.finish()).await;
     app.cancels.unregister(pid);
@@ -247,6 +247,16 @@ pub async fn run(
 }
 
 impl Session<'_> {
+    /// Takes the server given at login (session mode). A separate future, so the login's
+    /// checkout does not keep a slot in the session's future after it is attached.
+    async fn begin(&mut self, server: Option<Checkout>) {
+        if let Some(c) = server {
+            self.attach(c).await;
+            // Idle until the client's first request: session time is not transaction time.
+            self.xact_start = None;
+        }
+    }
+
     async fn run_loop(&mut self) -> Result<(), ClientError> {
         // Until the session has seen the shutdown begin (afterwards it only checks, each
         // turn, whether it is idle enough to go).
@@ -299,11 +309,21 @@ impl Session<'_> {
                 // Between transactions the client holds no server and needs no buffers.
                 self.client.release_buffers();
             }
-            let deadline = self.deadline();
+            let timer = match self.deadline() {
+                Some((at, which)) => {
+                    let at = tokio::time::Instant::from_std(at);
+                    let t = self
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                    t.as_mut().reset(at);
+                    Some((t, which))
+                }
+                None => None,
+            };
             let expired = async move {
-                match deadline {
-                    Some((at, which)) => {
-                        tokio::time::sleep_until(at.into()).await;
+                match timer {
+                    Some((t, which)) => {
+                        t.as_mut().await;
                         which
                     }
                     None => std::future::pending().await,
@@ -656,7 +676,7 @@ impl Session<'_> {
             return self.protocol_violation("malformed Bind message").await;
         };
         self.tally.binds += 1;
-        if self.detector.is_some() {
+        if self.insight {
             self.bound = self
                 .analyses
                 .get(b.statement)
@@ -1146,7 +1166,9 @@ impl Session<'_> {
 
     /// The statement's analysis (memoized by text) and the hash of its text, when insight is on.
     fn analyze(&self, text: &[u8]) -> Option<(Arc<Analysis>, u64)> {
-        self.detector.as_ref()?;
+        if !self.insight {
+            return None;
+        }
         let sql = std::str::from_utf8(text).ok()?;
         let h = text_hash(text);
         Some((self.app.sql.analyze_hashed(h, sql), h))
@@ -1155,6 +1177,9 @@ impl Session<'_> {
     /// Feeds a statement to the N+1 detector and starts timing it.
     fn observe(&mut self, a: Arc<Analysis>, params_hash: u64) -> Stat {
         let now = self.now();
+        if self.detector.is_none() {
+            self.detector = Some(Box::new(self.new_detector()));
+        }
         if let Some(d) = self.detector.as_mut() {
             if let Some(n) = d.on_statement(now, &a, params_hash) {
                 if self.app.config.load().pgferry.n_plus_one_notice {
@@ -1172,6 +1197,16 @@ impl Session<'_> {
             }
         }
         Stat::new(a, now)
+    }
+
+    /// The N+1 detector of this client, with what its reports name.
+    fn new_detector(&self) -> SessionDetector {
+        self.app.insight.new_session(SessionContext {
+            database: self.pool.database.clone(),
+            user: self.info.user.clone(),
+            application_name: self.params.get("application_name").unwrap_or("").to_owned(),
+            client_addr: self.info.addr.to_string(),
+        })
     }
 
     /// A timed statement finished: statistics and the detector's server time.
@@ -1354,12 +1389,18 @@ impl Session<'_> {
         c.release();
     }
 
-    async fn desync(&mut self, what: &str) -> Result<(), ClientError> {
-        tracing::error!(what, "protocol desynchronisation with server; closing it");
-        self.server_lost(&NetError::Frame(crate::protocol::FrameError::Malformed(
-            "unexpected server message",
-        )))
-        .await
+    /// Boxed: a rare path, kept out of the size of every client's task.
+    fn desync<'s>(
+        &'s mut self,
+        what: &'static str,
+    ) -> Pin<Box<dyn std::future::Future<Output = Result<(), ClientError>> + Send + 's>> {
+        Box::pin(async move {
+            tracing::error!(what, "protocol desynchronisation with server; closing it");
+            self.server_lost(&NetError::Frame(crate::protocol::FrameError::Malformed(
+                "unexpected server message",
+            )))
+            .await
+        })
     }
 
     /// The server connection failed. The client keeps its session when nothing of its state
