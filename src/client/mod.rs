@@ -47,7 +47,7 @@ pub fn serve(
     let max_packet = app.config.load().pgferry.max_packet_size as usize;
     let mut conn = Conn::new(stream, max_packet);
     async move {
-        let _guard = guard;
+        let _held = &guard; // captured, so dropped when the client is done
         let result = session_for(&app, &mut conn, peer, count).await;
         if let Err(e) = result {
             match e {
@@ -92,7 +92,7 @@ async fn session_for(
     app.unregister_client(info.id);
     if app.config.load().pgferry.log_disconnections {
         let (db, user) = (&info.database, &info.user);
-        tracing::info!(%peer, %db, %user, outcome = %match &r { Ok(()) => "closed".to_owned(), Err(e) => e.to_string() }, "logout");
+        tracing::info!(peer = %info.addr, %db, %user, outcome = %match &r { Ok(()) => "closed".to_owned(), Err(e) => e.to_string() }, "logout");
     }
     r
 }

@@ -181,7 +181,8 @@ struct Session<'a> {
     xact_start: Option<Instant>,
     /// The configuration `timeouts` were read from (re-read when a reload replaces it).
     config: Arc<crate::config::Config>,
-    timeouts: ClientTimeouts,
+    /// None when every one is off (the default; kept out of the session's size).
+    timeouts: Option<Box<ClientTimeouts>>,
     /// The time, read at most once per turn of the session loop (see [`Session::now`]).
     clock: Option<Instant>,
     /// The timer of the per-client timeouts, made at the first wait that has one and reset
@@ -197,6 +198,8 @@ pub async fn run(
     login: Box<Login>,
     info: Arc<ClientInfo>,
 ) -> Result<(), ClientError> {
+    // Moved out through a function so the box is freed now, not when the session ends.
+    let unbox = |b: Box<Login>| *b;
     let Login {
         pool,
         server,
@@ -204,7 +207,7 @@ pub async fn run(
         params,
         pid,
         cancel,
-    } = *login;
+    } = unbox(login);
     let mode = pool.settings().mode;
     let mut s = Session {
         app,
@@ -234,11 +237,11 @@ pub async fn run(
         request_start: None,
         xact_start: None,
         config: app.config.load_full(),
-        timeouts: ClientTimeouts::default(),
+        timeouts: None,
         clock: None,
         timer: None,
     };
-    s.timeouts = s.config.client_timeouts_for(&s.info.user);
+    s.timeouts = boxed_timeouts(s.config.client_timeouts_for(&s.info.user));
     s.begin(server).await;
     let r = s.run_loop().await;
     Box::pin(s.finish()).await;
@@ -382,12 +385,9 @@ impl Session<'_> {
         if !Arc::ptr_eq(&self.config, &cfg) {
             // RELOAD: the new timeouts apply from the next wait on.
             self.config = arc_swap::Guard::into_inner(cfg);
-            self.timeouts = self.config.client_timeouts_for(&self.info.user);
+            self.timeouts = boxed_timeouts(self.config.client_timeouts_for(&self.info.user));
         }
-        let t = self.timeouts;
-        if t == ClientTimeouts::default() {
-            return None;
-        }
+        let t = **self.timeouts.as_ref()?;
         let now = Instant::now();
         let in_tx = self.tx != b'I';
         let waiting_on_server = !self.pending.is_empty();
@@ -1498,6 +1498,11 @@ const FRONTEND_TAGS: &[u8] = &[
 ];
 
 /// Rows reported by a CommandComplete tag (`SELECT 5`, `INSERT 0 1`, `UPDATE 3`), else 0.
+/// `t` boxed, or None when every timeout is off.
+fn boxed_timeouts(t: ClientTimeouts) -> Option<Box<ClientTimeouts>> {
+    (t != ClientTimeouts::default()).then(|| Box::new(t))
+}
+
 fn cancel_target(c: &Checkout) -> CancelTarget {
     let sc = c.conn_ref();
     CancelTarget {

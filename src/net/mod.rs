@@ -128,6 +128,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             self.fill().await?;
         }
         let packet = self.rbuf.split_to(len);
+        if self.rbuf.is_empty() {
+            // Usually the whole packet: the buffer goes with it, not kept for a client that
+            // may stay idle from login on.
+            self.rbuf = BytesMut::new();
+        }
         self.want = 5;
         Ok(parse_startup(&packet[4..])?)
     }
