@@ -60,41 +60,45 @@ pub fn serve(
     }
 }
 
-async fn session_for(
-    app: &Arc<App>,
-    conn: &mut Conn<Stream>,
+/// A plain function returning an `async move` block: an `async fn` would keep each argument
+/// twice (as itself and as the local it is moved into), in every client's task.
+fn session_for<'a>(
+    app: &'a Arc<App>,
+    conn: &'a mut Conn<Stream>,
     peer: SocketAddr,
     count: usize,
-) -> Result<(), ClientError> {
-    // The login future (SCRAM state and all) is boxed so it is freed once the client is in.
-    let login = match Box::pin(login::login(app, conn, peer, count)).await? {
-        Some(login::Outcome::Session(login)) => login,
-        Some(login::Outcome::Admin { user, role }) => {
-            tracing::info!(%peer, %user, "admin console login");
-            return Box::pin(crate::admin::serve(app, conn, &user, role)).await;
+) -> impl std::future::Future<Output = Result<(), ClientError>> + Send + 'a {
+    async move {
+        // The login future (SCRAM state and all) is boxed so it is freed once the client is in.
+        let login = match Box::pin(login::login(app, conn, peer, count)).await? {
+            Some(login::Outcome::Session(login)) => login,
+            Some(login::Outcome::Admin { user, role }) => {
+                tracing::info!(%peer, %user, "admin console login");
+                return Box::pin(crate::admin::serve(app, conn, &user, role)).await;
+            }
+            None => return Ok(()), // a cancel request, already answered
+        };
+        if app.config.load().pgferry.log_connections {
+            tracing::info!(%peer, db = %login.pool.database, user = %login.user, "login");
         }
-        None => return Ok(()), // a cancel request, already answered
-    };
-    if app.config.load().pgferry.log_connections {
-        tracing::info!(%peer, db = %login.pool.database, user = %login.user, "login");
+        let info = app.register_client(
+            peer,
+            conn.stream().local_addr(),
+            &login.user,
+            &login.pool.database,
+            login.params.get("application_name").unwrap_or(""),
+        );
+        if let Some(tls) = conn.stream().tls_description() {
+            let _ = info.tls.set(tls);
+        }
+        let r = session::run(app, conn, login, Arc::clone(&info)).await;
+        app.unregister_client(info.id);
+        if app.config.load().pgferry.log_disconnections {
+            let (db, user) = (&info.database, &info.user);
+            tracing::info!(peer = %info.addr, %db, %user, outcome = %match &r { Ok(()) => "closed".to_owned(), Err(e) => e.to_string() }, "logout");
+        }
+        r
     }
-    let info = app.register_client(
-        peer,
-        conn.stream().local_addr(),
-        &login.user,
-        &login.pool.database,
-        login.params.get("application_name").unwrap_or(""),
-    );
-    if let Some(tls) = conn.stream().tls_description() {
-        let _ = info.tls.set(tls);
-    }
-    let r = session::run(app, conn, login, Arc::clone(&info)).await;
-    app.unregister_client(info.id);
-    if app.config.load().pgferry.log_disconnections {
-        let (db, user) = (&info.database, &info.user);
-        tracing::info!(peer = %info.addr, %db, %user, outcome = %match &r { Ok(()) => "closed".to_owned(), Err(e) => e.to_string() }, "logout");
-    }
-    r
 }
 
 /// Sends an error and marks the connection for closing.
