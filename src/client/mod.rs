@@ -62,6 +62,10 @@ pub fn serve(
 
 /// A plain function returning an `async move` block: an `async fn` would keep each argument
 /// twice (as itself and as the local it is moved into), in every client's task.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn holds its arguments twice in the task"
+)]
 fn session_for<'a>(
     app: &'a Arc<App>,
     conn: &'a mut Conn<Stream>,
