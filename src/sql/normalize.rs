@@ -492,12 +492,7 @@ mod tests {
         let pieces: Vec<&str> = PIECES.split('|').collect();
         let mut next = crate::sql::tests::xorshift(0x2545_F491_4F6C_DD1D);
         for _ in 0..20_000 {
-            let len = (next() % 20) as usize;
-            let sep = if next() % 4 == 0 { "" } else { " " };
-            let text: Vec<&str> = (0..len)
-                .map(|_| pieces[(next() % pieces.len() as u64) as usize])
-                .collect();
-            let text = text.join(sep);
+            let text = crate::sql::tests::soup(&pieces, &mut next, 20, 4);
             let got = normalize(&text);
             assert_eq!(got.text, reference(&text), "{text:?}");
             let lexed = crate::sql::lexer::lex(&text);

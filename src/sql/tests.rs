@@ -283,6 +283,22 @@ pub(super) fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
     }
 }
 
+/// A random statement of fewer than `max_len` of `pieces`, joined by nothing one time in
+/// `glue_one_in` and by a space otherwise.
+pub(super) fn soup(
+    pieces: &[&str],
+    next: &mut impl FnMut() -> u64,
+    max_len: u64,
+    glue_one_in: u64,
+) -> String {
+    let len = (next() % max_len) as usize;
+    let sep = if next() % glue_one_in == 0 { "" } else { " " };
+    let parts: Vec<&str> = (0..len)
+        .map(|_| pieces[(next() % pieces.len() as u64) as usize])
+        .collect();
+    parts.join(sep)
+}
+
 /// Deterministic token soup (a poor man's fuzzer): never panics, normalization is stable.
 #[test]
 fn random_token_soup_is_total() {
@@ -449,12 +465,7 @@ fn numbers_templates_are_sound() {
     let mut next = xorshift(0xA076_1D64_78BD_642F);
     let (mut accepted, mut templates) = (0, 0);
     for _ in 0..20_000 {
-        let len = (next() % 12) as usize;
-        let sep = if next() % 3 == 0 { "" } else { " " };
-        let parts: Vec<&str> = (0..len)
-            .map(|_| pieces[(next() % pieces.len() as u64) as usize])
-            .collect();
-        let template = parts.join(sep);
+        let template = soup(&pieces, &mut next, 12, 3);
         let Some(spans) = number_spans(&template) else {
             continue;
         };
