@@ -7,6 +7,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// mimalloc: size-segregated pages that are returned to the OS once empty, so the memory of
+/// clients that left or were parked goes back (glibc's heap keeps it), and fast small
+/// allocations on the hot path.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// A PostgreSQL connection pooler and query proxy.
 #[derive(Parser, Debug)]
 #[command(name = "pgferry", version, about)]

@@ -236,7 +236,7 @@ fn kill(ctx: &mut Ctx<'_>, app: &App, arg: &str) {
         app.db_control(db).set_paused(true);
     }
     for c in app.client_list.iter() {
-        if dbs.contains(&c.database) {
+        if dbs.iter().any(|d| **d == *c.database) {
             c.kill.kill();
         }
     }

@@ -218,10 +218,10 @@ fn build_help(ctx: &mut Ctx<'_>) {
 fn pool_key(cfg: &Config, c: &ClientInfo) -> (String, String) {
     let user = cfg
         .databases
-        .get(&c.database)
+        .get(&*c.database)
         .and_then(|d| d.user.clone())
-        .unwrap_or_else(|| c.user.clone());
-    (c.database.clone(), user)
+        .unwrap_or_else(|| c.user.to_string());
+    (c.database.to_string(), user)
 }
 
 #[derive(Default)]
@@ -317,8 +317,8 @@ fn clients(ctx: &mut Ctx<'_>, app: &App) {
         };
         t.row(row![
             "C",
-            c.user.as_str(),
-            c.database.as_str(),
+            &*c.user,
+            &*c.database,
             "none",
             state.as_str(),
             // A Unix-socket client has no local address: "unix" and the port, as PgBouncer.
@@ -338,7 +338,7 @@ fn clients(ctx: &mut Ctx<'_>, app: &App) {
             format!("c{}", c.id),
             (server != 0).then(|| format!("s{server}")),
             0,
-            c.tls.get().map_or("", String::as_str),
+            c.tls.get().map_or("", |t| &**t),
             c.application_name.lock().clone(),
             c.prepared_statements.load(Ordering::Relaxed),
             c.id,
@@ -388,7 +388,7 @@ fn databases(ctx: &mut Ctx<'_>, app: &App) {
     let g = &cfg.pgferry;
     let mut clients: BTreeMap<String, usize> = BTreeMap::new();
     for c in app.client_list.iter() {
-        *clients.entry(c.database.clone()).or_default() += 1;
+        *clients.entry(c.database.to_string()).or_default() += 1;
     }
     let mut t = Table::new(&mut ctx.out, DATABASES);
     for (name, d) in &cfg.databases {
@@ -445,8 +445,8 @@ fn users(ctx: &mut Ctx<'_>, app: &App) {
     }
     let mut clients: BTreeMap<String, usize> = BTreeMap::new();
     for c in app.client_list.iter() {
-        names.insert(c.user.clone());
-        *clients.entry(c.user.clone()).or_default() += 1;
+        names.insert(c.user.to_string());
+        *clients.entry(c.user.to_string()).or_default() += 1;
     }
     let mut t = Table::new(&mut ctx.out, USERS);
     for name in names {

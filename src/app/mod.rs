@@ -98,6 +98,8 @@ pub struct App {
     pub hosts: Arc<crate::pool::hosts::HostRegistry>,
     /// TLS configurations for clients and servers (rebuilt by RELOAD).
     pub tls: crate::net::tls::SharedTls,
+    /// Idle clients parked without a task (client_park_delay).
+    pub lot: crate::client::park::Lot,
 }
 
 impl App {
@@ -108,6 +110,7 @@ impl App {
         let tls = crate::net::tls::Tls::from_config(&config.pgferry)?;
         Ok(Arc::new(App {
             tls: Arc::new(ArcSwap::from_pointee(tls)),
+            lot: Default::default(),
             sql: crate::sql::SqlCache::default(),
             insight,
             caps: Default::default(),
@@ -295,8 +298,8 @@ impl App {
     pub fn client_counts(&self, db: &str, user: &str) -> (usize, usize) {
         self.client_list.iter().fold((0, 0), |(d, u), c| {
             (
-                d + usize::from(c.database == db),
-                u + usize::from(c.user == user),
+                d + usize::from(&*c.database == db),
+                u + usize::from(&*c.user == user),
             )
         })
     }
@@ -530,6 +533,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     }
     stats::spawn(&app);
     stats::spawn_wait_notices(&app);
+    crate::client::park::spawn(&app);
     crate::metrics::start(&app).await;
     let live = Arc::new(listen::Live::default());
     let accept = bound

@@ -6,7 +6,7 @@
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
@@ -54,10 +54,9 @@ pub struct ClientInfo {
     pub id: u64,
     pub addr: SocketAddr,
     pub local_addr: Option<SocketAddr>,
-    pub user: String,
-    pub database: String,
+    pub user: Box<str>,
+    pub database: Box<str>,
     pub connect_time_us: u64,
-    state: AtomicU8,
     /// When the client last sent a request (µs since epoch).
     pub request_time_us: AtomicU64,
     /// When the client started waiting for a server (µs since epoch), 0 if not waiting.
@@ -66,10 +65,11 @@ pub struct ClientInfo {
     pub wait_deadline_us: AtomicU64,
     /// Id of the server connection it holds, 0 if none.
     pub server: AtomicU64,
-    pub prepared_statements: AtomicUsize,
+    pub prepared_statements: AtomicU32,
+    state: AtomicU8,
     pub application_name: Mutex<String>,
     /// Protocol and cipher when the client uses TLS (SHOW CLIENTS `tls`), set after login.
-    pub tls: std::sync::OnceLock<String>,
+    pub tls: std::sync::OnceLock<Box<str>>,
     /// Tells the client's task to disconnect (KILL, KILL_CLIENT, removed database) or to look
     /// at the shutdown state.
     pub kill: ClientSignal,
@@ -84,7 +84,16 @@ pub enum Wake {
     LongWait,
     /// The client has waited query_wait_timeout for a server.
     WaitTimedOut,
+    /// The client has been idle for client_park_delay: park it if it still is (reported only
+    /// to an idle session's wait, see [`ClientSignal::poll_idle`]).
+    Park,
 }
+
+/// Where a client stands as to parking (see `client::park`).
+const PARK_NO: u8 = 0;
+const PARK_ASKED: u8 = 1;
+const PARK_PARKED: u8 = 2;
+const PARK_NEVER: u8 = 3;
 
 /// A flag plus the waker of the one task that waits on it (the client's own). Waiting costs
 /// no allocation and no registration in a shared list: the task re-registers its waker (a
@@ -94,6 +103,9 @@ pub struct ClientSignal {
     killed: AtomicBool,
     long_wait: AtomicBool,
     wait_timed_out: AtomicBool,
+    /// PARK_NO, PARK_ASKED (by the sweep), PARK_PARKED, or PARK_NEVER (this client cannot be
+    /// parked: TLS, session mode, a client idle timeout).
+    park: AtomicU8,
     waker: AtomicWaker,
 }
 
@@ -157,6 +169,63 @@ impl ClientSignal {
         self.killed_or_long_wait(false).await;
     }
 
+    /// Ready like [`ClientSignal::poll`], and also with [`Wake::Park`] once the sweep asked
+    /// this (idle) client to park.
+    pub fn poll_idle(&self, cx: &mut Context<'_>, shutdown: Option<&AtomicBool>) -> Poll<Wake> {
+        if let Poll::Ready(w) = self.poll(cx, shutdown) {
+            return Poll::Ready(w);
+        }
+        if self.park.load(Ordering::Relaxed) == PARK_ASKED {
+            return Poll::Ready(Wake::Park);
+        }
+        Poll::Pending
+    }
+
+    /// Asks the client to park at its next idle wait; false if it was asked already, is
+    /// parked or cannot be parked.
+    pub fn ask_to_park(&self) -> bool {
+        let asked = self
+            .park
+            .compare_exchange(PARK_NO, PARK_ASKED, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok();
+        if asked {
+            self.waker.wake();
+        }
+        asked
+    }
+
+    /// The client declined to park: `never` when it never can (it is not asked again).
+    pub fn decline_park(&self, never: bool) {
+        self.park
+            .store(if never { PARK_NEVER } else { PARK_NO }, Ordering::Relaxed);
+    }
+
+    /// A RELOAD may have changed what kept the client from being parked: it may be asked
+    /// again.
+    pub fn reconsider_park(&self) {
+        let _ =
+            self.park
+                .compare_exchange(PARK_NEVER, PARK_NO, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// The client is parked: `waker` stands in for its task until it resumes. True when it
+    /// must resume at once (killed, or shutting down, since before the waker was in place).
+    pub fn parked(&self, waker: &std::task::Waker, shutdown: &AtomicBool) -> bool {
+        self.park.store(PARK_PARKED, Ordering::Relaxed);
+        self.waker.register(waker);
+        self.killed.load(Ordering::SeqCst) || shutdown.load(Ordering::SeqCst)
+    }
+
+    /// The client's task runs again after parking.
+    pub fn resumed(&self) {
+        self.park.store(PARK_NO, Ordering::Relaxed);
+    }
+
+    /// True while the client is parked.
+    pub fn is_parked(&self) -> bool {
+        self.park.load(Ordering::Relaxed) == PARK_PARKED
+    }
+
     /// Forgets marks left from an earlier wait.
     pub fn clear_long_wait(&self) {
         self.long_wait.store(false, Ordering::SeqCst);
@@ -178,15 +247,15 @@ impl ClientInfo {
             id,
             addr,
             local_addr,
-            user: user.to_owned(),
-            database: database.to_owned(),
+            user: user.into(),
+            database: database.into(),
             connect_time_us: now,
             state: AtomicU8::new(ClientState::Idle as u8),
             request_time_us: AtomicU64::new(now),
             wait_start_us: AtomicU64::new(0),
             wait_deadline_us: AtomicU64::new(0),
             server: AtomicU64::new(0),
-            prepared_statements: AtomicUsize::new(0),
+            prepared_statements: AtomicU32::new(0),
             application_name: Mutex::new(application_name.to_owned()),
             tls: std::sync::OnceLock::new(),
             kill: ClientSignal::default(),

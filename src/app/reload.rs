@@ -106,7 +106,7 @@ impl App {
                 let clients = self
                     .client_list
                     .iter()
-                    .filter(|c| c.database == db && c.user == user)
+                    .filter(|c| *c.database == *db && *c.user == *user)
                     .count();
                 self.stats.retired.lock().push(pool);
                 notes.push(format!(
@@ -132,7 +132,7 @@ impl App {
         }
         for db in removed {
             let mut n = 0;
-            for c in self.client_list.iter().filter(|c| c.database == db) {
+            for c in self.client_list.iter().filter(|c| *c.database == *db) {
                 c.kill.kill();
                 n += 1;
             }

@@ -191,8 +191,9 @@ pub fn spawn(app: &Arc<App>) {
 }
 
 /// Marks clients that have waited query_wait_notify or their pool's query_wait_timeout for a
-/// server, four times a second (as PgBouncer's periodic check does), so a waiting client arms
-/// no timer of its own. It ends when the app is dropped.
+/// server, and asks clients idle for client_park_delay to park, four times a second (as
+/// PgBouncer's periodic check does), so a waiting or idle client arms no timer of its own.
+/// It ends when the app is dropped.
 pub fn spawn_wait_notices(app: &Arc<App>) {
     let weak: Weak<App> = Arc::downgrade(app);
     tokio::spawn(async move {
@@ -201,19 +202,31 @@ pub fn spawn_wait_notices(app: &Arc<App>) {
         loop {
             tick.tick().await;
             let Some(app) = weak.upgrade() else { return };
-            notify_long_waits(&app);
+            check_clients(&app);
         }
     });
 }
 
-fn notify_long_waits(app: &App) {
+fn check_clients(app: &App) {
+    use crate::app::registry::ClientState;
     use std::sync::atomic::Ordering::Relaxed;
-    let notify = crate::config::secs(app.config.load().pgferry.query_wait_notify)
-        .map(|d| d.as_micros() as u64);
+    let (notify, park) = {
+        let cfg = app.config.load();
+        let us = |s: f64| crate::config::secs(s).map(|d| d.as_micros() as u64);
+        let park = us(cfg.pgferry.client_park_delay).filter(|_| app.lot.enabled());
+        (us(cfg.pgferry.query_wait_notify), park)
+    };
     let now = crate::app::registry::now_us();
     for c in app.client_list.iter() {
-        if c.state() != crate::app::registry::ClientState::Waiting {
-            continue;
+        match c.state() {
+            ClientState::Waiting => {}
+            ClientState::Idle => {
+                if park.is_some_and(|p| now.saturating_sub(c.request_time_us.load(Relaxed)) >= p) {
+                    c.kill.ask_to_park();
+                }
+                continue;
+            }
+            ClientState::Active => continue,
         }
         let deadline = c.wait_deadline_us.load(Relaxed);
         if deadline != 0 && now >= deadline {

@@ -226,11 +226,9 @@ async fn startup(
             &cfg.pgferry.login_notify_message,
         );
     }
+    // Sent by the session loop, after the client is registered: a client that has its
+    // ReadyForQuery counts toward max_db/user_client_connections.
     build::ready_for_query(out, b'I');
-    if let Err(e) = conn.flush().await {
-        app.cancels.unregister(pid);
-        return Err(e.into());
-    }
     app.counters.logins.fetch_add(1, Ordering::Relaxed);
     pool.stats.logins.fetch_add(1, Ordering::Relaxed);
     Ok(Some(Outcome::Session(Box::new(Login {

@@ -104,6 +104,12 @@ enum Flow {
     Exit,
 }
 
+/// How the session loop ended without an error.
+enum End {
+    Closed,
+    Park,
+}
+
 /// The per-client timeout that ends the current wait first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Timeout {
@@ -191,13 +197,51 @@ struct Session<'a> {
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-/// Runs a logged-in client's session until it ends.
+/// What an idle session keeps while it is parked (see `client::park`): the state of a
+/// client between transactions, without its task, its socket registration or its buffers.
+/// Kept small: a client with no prepared statement and no N+1 detector has no `extras`.
+pub struct Parked {
+    pool: Arc<Pool>,
+    params: ClientParams,
+    cancel: Arc<CancelSlot>,
+    info: Arc<ClientInfo>,
+    extras: Option<Box<ParkedExtras>>,
+    pid: i32,
+    mode: PoolMode,
+    insight: bool,
+}
+
+/// The parts of a parked session that most idle clients do not have.
+struct ParkedExtras {
+    stmts: Statements,
+    analyses: HashMap<Box<[u8]>, Arc<Analysis>>,
+    bound: Option<(Arc<Analysis>, u64)>,
+    detector: Option<Box<SessionDetector>>,
+    copy_ends: u64,
+}
+
+impl Parked {
+    pub fn info(&self) -> &Arc<ClientInfo> {
+        &self.info
+    }
+
+    /// The parked client's connection is gone before it could resume: its session ends
+    /// here (it holds no server, so there is nothing to give back).
+    pub fn abandon(self, app: &App) {
+        app.cancels.unregister(self.pid);
+        app.unregister_client(self.info.id);
+        log_logout(app, &self.info, &Ok(()));
+    }
+}
+
+/// Runs a logged-in client's session until it ends, or until it is parked (then its state
+/// is returned for `client::park`).
 pub async fn run(
     app: &Arc<App>,
     client: &mut Conn<Stream>,
     login: Box<Login>,
     info: Arc<ClientInfo>,
-) -> Result<(), ClientError> {
+) -> Result<Option<Parked>, ClientError> {
     // Moved out through a function so the box is freed now, not when the session ends.
     let unbox = |b: Box<Login>| *b;
     let Login {
@@ -209,47 +253,170 @@ pub async fn run(
         cancel,
     } = unbox(login);
     let mode = pool.settings().mode;
-    let mut s = Session {
-        app,
-        client,
-        mode,
-        rewrite: mode != PoolMode::Session,
-        pool,
-        server: None,
-        params,
-        stmts: Statements::default(),
-        pending: VecDeque::new(),
-        unsynced: false,
-        skipping: false,
-        errored: false,
-        tx: b'I',
-        search_path_dirty: false,
-        cancel,
-        info,
-        tally: Tally::default(),
-        copy_ends: 0,
-        copy_in_until: None,
-        insight: app.insight.config().enabled,
-        detector: None,
-        analyses: HashMap::new(),
-        bound: None,
-        notice: None,
-        request_start: None,
-        xact_start: None,
-        config: app.config.load_full(),
-        timeouts: None,
-        clock: None,
-        timer: None,
-    };
+    let mut s = Session::new(app, client, pool, mode, params, cancel, info);
     s.timeouts = boxed_timeouts(s.config.client_timeouts_for(&s.info.user));
     s.begin(server).await;
     let r = s.run_loop().await;
-    Box::pin(s.finish()).await;
-    app.cancels.unregister(pid);
-    r
+    s.conclude(r, pid).await
+}
+
+/// Runs the session of a client that was parked, from where it stopped.
+pub async fn resume(
+    app: &Arc<App>,
+    client: &mut Conn<Stream>,
+    parked: Box<Parked>,
+) -> Result<Option<Parked>, ClientError> {
+    let unbox = |b: Box<Parked>| *b;
+    let p = unbox(parked);
+    p.info.kill.resumed();
+    let mut s = Session::new(app, client, p.pool, p.mode, p.params, p.cancel, p.info);
+    s.insight = p.insight;
+    // The timeouts as configured now: a RELOAD while parked applies from this wait on.
+    s.timeouts = boxed_timeouts(s.config.client_timeouts_for(&s.info.user));
+    if let Some(x) = p.extras {
+        let x = *x;
+        s.stmts = x.stmts;
+        s.analyses = x.analyses;
+        s.bound = x.bound;
+        s.detector = x.detector;
+        s.copy_ends = x.copy_ends;
+    }
+    let r = s.run_loop().await;
+    s.conclude(r, p.pid).await
+}
+
+/// The logout line (log_disconnections).
+fn log_logout(app: &App, info: &ClientInfo, r: &Result<(), ClientError>) {
+    if app.config.load().pgferry.log_disconnections {
+        let (db, user) = (&info.database, &info.user);
+        tracing::info!(peer = %info.addr, %db, %user, outcome = %match r { Ok(()) => "closed".to_owned(), Err(e) => e.to_string() }, "logout");
+    }
+}
+
+impl<'a> Session<'a> {
+    fn new(
+        app: &'a Arc<App>,
+        client: &'a mut Conn<Stream>,
+        pool: Arc<Pool>,
+        mode: PoolMode,
+        params: ClientParams,
+        cancel: Arc<CancelSlot>,
+        info: Arc<ClientInfo>,
+    ) -> Self {
+        Session {
+            app,
+            client,
+            mode,
+            rewrite: mode != PoolMode::Session,
+            pool,
+            server: None,
+            params,
+            stmts: Statements::default(),
+            pending: VecDeque::new(),
+            unsynced: false,
+            skipping: false,
+            errored: false,
+            tx: b'I',
+            search_path_dirty: false,
+            cancel,
+            info,
+            tally: Tally::default(),
+            copy_ends: 0,
+            copy_in_until: None,
+            insight: app.insight.config().enabled,
+            detector: None,
+            analyses: HashMap::new(),
+            bound: None,
+            notice: None,
+            request_start: None,
+            xact_start: None,
+            config: app.config.load_full(),
+            timeouts: None,
+            clock: None,
+            timer: None,
+        }
+    }
 }
 
 impl Session<'_> {
+    /// How the session loop ended: the session is over, or the client is parked.
+    async fn conclude(
+        &mut self,
+        r: Result<End, ClientError>,
+        pid: i32,
+    ) -> Result<Option<Parked>, ClientError> {
+        if let Ok(End::Park) = r {
+            return Ok(Some(self.take_parked(pid)));
+        }
+        let r = r.map(|_| ());
+        Box::pin(self.finish()).await;
+        self.app.cancels.unregister(pid);
+        self.app.unregister_client(self.info.id);
+        log_logout(self.app, &self.info, &r);
+        r.map(|()| None)
+    }
+
+    /// Whether the client can be parked now (`Err(true)`: and never will be).
+    fn parkable(&mut self) -> Result<(), bool> {
+        let plain = matches!(self.client.stream(), Stream::Tcp(_) | Stream::Unix(_));
+        if !plain || self.mode == PoolMode::Session || !self.app.lot.enabled() {
+            return Err(true);
+        }
+        if self.deadline().is_some() {
+            // A client idle timeout runs in the task (a RELOAD that removes it lets the
+            // client be parked again: see `deadline`).
+            return Err(true);
+        }
+        let quiet = self.server.is_none()
+            && self.is_idle()
+            && !self.skipping
+            && !self.errored
+            && !self.search_path_dirty
+            && self.copy_in_until.is_none()
+            && self.notice.is_none()
+            && self.client.buffered() == 0
+            && self.client.pending_out() == 0;
+        if !quiet || self.app.is_shutting_down() {
+            return Err(false);
+        }
+        let delay = crate::config::secs(self.config.pgferry.client_park_delay);
+        let idle_us = now_us().saturating_sub(self.info.request_time_us.load(Ordering::Relaxed));
+        match delay {
+            Some(d) if u128::from(idle_us) >= d.as_micros() => Ok(()),
+            Some(_) => Err(false),
+            None => Err(true),
+        }
+    }
+
+    /// The state kept while parked (the session is dropped right after).
+    fn take_parked(&mut self, pid: i32) -> Parked {
+        self.add_tally();
+        let extras = (!self.stmts.is_empty()
+            || !self.analyses.is_empty()
+            || self.bound.is_some()
+            || self.detector.is_some()
+            || self.copy_ends != 0)
+            .then(|| {
+                Box::new(ParkedExtras {
+                    stmts: std::mem::take(&mut self.stmts),
+                    analyses: std::mem::take(&mut self.analyses),
+                    bound: self.bound.take(),
+                    detector: self.detector.take(),
+                    copy_ends: self.copy_ends,
+                })
+            });
+        Parked {
+            pool: self.pool.clone(),
+            params: std::mem::take(&mut self.params),
+            cancel: self.cancel.clone(),
+            info: self.info.clone(),
+            extras,
+            pid,
+            mode: self.mode,
+            insight: self.insight,
+        }
+    }
+
     /// Takes the server given at login (session mode). A separate future, so the login's
     /// checkout does not keep a slot in the session's future after it is attached.
     async fn begin(&mut self, server: Option<Checkout>) {
@@ -260,7 +427,7 @@ impl Session<'_> {
         }
     }
 
-    async fn run_loop(&mut self) -> Result<(), ClientError> {
+    async fn run_loop(&mut self) -> Result<End, ClientError> {
         // Until the session has seen the shutdown begin (afterwards it only checks, each
         // turn, whether it is idle enough to go).
         let mut watch_shutdown = true;
@@ -282,12 +449,15 @@ impl Session<'_> {
             match self.client.try_frame() {
                 Ok(Some(f)) => {
                     if let Flow::Exit = self.on_client_frame(f).await? {
-                        return Ok(());
+                        return Ok(End::Closed);
                     }
                     continue;
                 }
                 Ok(None) => {}
-                Err(e) => return self.protocol_violation(&e.to_string()).await,
+                Err(e) => {
+                    self.protocol_violation(&e.to_string()).await?;
+                    return Ok(End::Closed);
+                }
             }
             // Nothing complete is buffered on either side: send what is queued, then wait.
             self.client.flush().await?;
@@ -306,7 +476,7 @@ impl Session<'_> {
                     "57P01",
                     "terminating connection due to administrator command",
                 );
-                return Ok(());
+                return Ok(End::Closed);
             }
             if self.server.is_none() {
                 // Between transactions the client holds no server and needs no buffers.
@@ -336,32 +506,38 @@ impl Session<'_> {
             // registration in a shared list per wait.
             let info = &self.info;
             let shutdown = watch_shutdown.then_some(&self.app.shutting_down);
-            let signal = std::future::poll_fn(|cx| info.kill.poll(cx, shutdown));
             let server_err = match self.server.as_mut() {
                 Some(c) => {
                     let sconn = &mut c.conn().conn;
+                    let signal = std::future::poll_fn(|cx| info.kill.poll(cx, shutdown));
                     tokio::select! {
                         r = self.client.fill_when_readable() => { r?; None }
                         r = sconn.fill() => r.err(),
                         w = signal => match w {
-                            Wake::Killed => return self.killed().await,
+                            Wake::Killed => return self.killed().await.map(|()| End::Closed),
                             Wake::ShuttingDown => { watch_shutdown = false; None }
-                            // Only reported while waiting for a server.
-                            Wake::LongWait | Wake::WaitTimedOut => None,
+                            // Only reported while waiting for a server, or to an idle client.
+                            Wake::LongWait | Wake::WaitTimedOut | Wake::Park => None,
                         },
-                        which = expired => return Box::pin(self.timed_out(which)).await,
+                        which = expired => return Box::pin(self.timed_out(which)).await.map(|()| End::Closed),
                     }
                 }
                 None => {
+                    // An idle client also hears the sweep's request to park.
+                    let signal = std::future::poll_fn(|cx| info.kill.poll_idle(cx, shutdown));
                     tokio::select! {
                         r = self.client.fill_when_readable() => { r?; None }
                         w = signal => match w {
-                            Wake::Killed => return self.killed().await,
+                            Wake::Killed => return self.killed().await.map(|()| End::Closed),
                             Wake::ShuttingDown => { watch_shutdown = false; None }
+                            Wake::Park => match self.parkable() {
+                                Ok(()) => return Ok(End::Park),
+                                Err(never) => { self.info.kill.decline_park(never); None }
+                            },
                             // Only reported while waiting for a server.
                             Wake::LongWait | Wake::WaitTimedOut => None,
                         },
-                        which = expired => return Box::pin(self.timed_out(which)).await,
+                        which = expired => return Box::pin(self.timed_out(which)).await.map(|()| End::Closed),
                     }
                 }
             };
@@ -386,6 +562,8 @@ impl Session<'_> {
             // RELOAD: the new timeouts apply from the next wait on.
             self.config = arc_swap::Guard::into_inner(cfg);
             self.timeouts = boxed_timeouts(self.config.client_timeouts_for(&self.info.user));
+            // What kept the client from being parked may have changed too.
+            self.info.kill.reconsider_park();
         }
         let t = **self.timeouts.as_ref()?;
         let now = Instant::now();
@@ -1203,7 +1381,7 @@ impl Session<'_> {
     fn new_detector(&self) -> SessionDetector {
         self.app.insight.new_session(SessionContext {
             database: self.pool.database.clone(),
-            user: self.info.user.clone(),
+            user: self.info.user.to_string(),
             application_name: self.params.get("application_name").unwrap_or("").to_owned(),
             client_addr: self.info.addr.to_string(),
         })
@@ -1257,7 +1435,16 @@ impl Session<'_> {
         } else if self.xact_start.is_none() {
             self.xact_start = Some(now);
         }
-        let t = std::mem::take(&mut self.tally);
+        self.add_tally();
+        self.info.prepared_statements.store(
+            u32::try_from(self.stmts.len()).unwrap_or(u32::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Adds the counters gathered since the last time to the pool's totals.
+    fn add_tally(&mut self) {
+        let (st, t) = (&self.pool.stats, std::mem::take(&mut self.tally));
         add(&st.queries, t.queries);
         add(&self.app.counters.queries, t.queries);
         add(&st.bytes_received, t.bytes_in);
@@ -1265,9 +1452,6 @@ impl Session<'_> {
         add(&st.client_parses, t.client_parses);
         add(&st.server_parses, t.server_parses);
         add(&st.binds, t.binds);
-        self.info
-            .prepared_statements
-            .store(self.stmts.len(), Ordering::Relaxed);
     }
 
     /// CommandComplete tags that change state pgferry keeps for the client.

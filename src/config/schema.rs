@@ -271,6 +271,9 @@ pub struct General {
     pub log_disconnections: bool,
     /// Tokio worker threads; 0 means one per core.
     pub workers: u32,
+    /// pgferry's own: seconds a client must be idle (logged in, no server, no transaction)
+    /// before it is parked, which frees its task; 0 = never park.
+    pub client_park_delay: f64,
     /// pgferry's own: per-fingerprint statistics and N+1 detection (docs/insight.md).
     pub query_insight: bool,
     /// Fingerprints kept in SHOW QUERIES; the rest fold into one "other" row per database.
@@ -415,6 +418,7 @@ impl Default for General {
             log_connections: true,
             log_disconnections: true,
             workers: 0,
+            client_park_delay: 1.0,
             query_insight: true,
             query_stats_max: 5_000,
             n_plus_one_threshold: 10,
@@ -482,7 +486,7 @@ impl General {
 
     /// Every timeout with its key name, so validation and the docs cannot
     /// drift apart from the struct when a timeout is added.
-    pub(crate) fn timeouts(&self) -> [(&'static str, f64); 18] {
+    pub(crate) fn timeouts(&self) -> [(&'static str, f64); 19] {
         [
             ("query_wait_timeout", self.query_wait_timeout),
             ("query_timeout", self.query_timeout),
@@ -502,6 +506,7 @@ impl General {
             ("n_plus_one_window", self.n_plus_one_window),
             ("n_plus_one_cooldown", self.n_plus_one_cooldown),
             ("query_wait_notify", self.query_wait_notify),
+            ("client_park_delay", self.client_park_delay),
         ]
     }
 }

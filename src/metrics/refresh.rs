@@ -55,6 +55,12 @@ pub(super) const DESCRIPTIONS: &[(&str, &str, &str, char)] = &[
         'g',
     ),
     (
+        "pgferry_parked_clients",
+        "",
+        "Idle clients parked now (client_park_delay).",
+        'g',
+    ),
+    (
         "pgferry_database_paused",
         "",
         "1 while the database is paused (PAUSE, KILL, SUSPEND).",
@@ -234,7 +240,7 @@ pub(super) fn refresh(m: &Metrics, app: &App) {
     let mut clients: BTreeMap<(String, String), PerClientKey> = BTreeMap::new();
     for c in app.client_list.iter() {
         let e = clients
-            .entry((c.database.clone(), c.user.clone()))
+            .entry((c.database.to_string(), c.user.to_string()))
             .or_default();
         match c.state() {
             ClientState::Active => e.active += 1,
@@ -336,6 +342,7 @@ pub(super) fn refresh(m: &Metrics, app: &App) {
         vec![],
         app.clients.load(Ordering::Relaxed) as f64,
     );
+    m.gauge("pgferry_parked_clients", vec![], app.lot.len() as f64);
     let logins = app.counters.logins.load(Ordering::Relaxed);
     let failures = app.counters.login_failures.load(Ordering::Relaxed);
     m.counter("pgferry_login_attempts_total", vec![], logins + failures);

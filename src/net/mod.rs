@@ -56,6 +56,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
+    /// The transport, without the buffers (whatever they hold is dropped).
+    pub fn into_stream(self) -> S {
+        self.stream
+    }
+
     pub fn stream(&self) -> &S {
         &self.stream
     }
