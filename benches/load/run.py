@@ -748,7 +748,7 @@ def measure_idle_rss(env: Env, name: str, n: int, hold: float, batch: int = 200)
                 c.until_ready()
             conns.extend(chunk)
         # Idle clients, not clients just logged in: pgferry parks a client idle for
-        # client_park_delay (1 s) and its allocator returns the freed pages a second later.
+        # client_park_delay (1 s) and its allocator returns the freed pages over the next second.
         time.sleep(hold)
         after = vmrss_kib(p.pid)
     except (OSError, BenchError) as e:
@@ -1191,7 +1191,7 @@ What it does, in order:
    each a foreground child process with the same open-file limit.
 4. Idle memory: opens 4,000 idle client connections (startup + trust login up
    to ReadyForQuery, from a small Python v3-protocol client) to each pooler,
-   holds them idle for 3 s (`--idle-hold`: longer than pgferry's
+   holds them idle for 5 s (`--idle-hold`: longer than pgferry's
    `client_park_delay`, so the clients are measured idle, not just logged in) and
    reports (VmRSS after − VmRSS before) / 4,000. This runs first, on freshly
    started poolers.
@@ -1221,7 +1221,7 @@ Options (`--help` for all):
 | `--targets LIST` | `direct,pgbouncer,pgferry` | Which of the three to run. |
 | `--clients LIST` | `1,20,1000` | Client counts for the `-S` workloads. |
 | `--idle-clients N` | 4000 | Idle connections for the RSS measurement; 0 skips it. |
-| `--idle-hold S` | 3 | Seconds the idle connections are held before RSS is read (longer than pgferry's `client_park_delay`). |
+| `--idle-hold S` | 5 | Seconds the idle connections are held before RSS is read (longer than pgferry's `client_park_delay`). |
 | `--pgferry-set 'KEY = VALUE'` | | Extra line for pgferry's `[pgferry]` table (repeatable), e.g. `--pgferry-set 'workers = 1'`. |
 | `--no-build` | | Use the existing `target/release/pgferry` (or `--pgferry-bin`). |
 | `--no-docs` | | Print only; do not rewrite `docs/benchmarks.md` / `.svg`. |
@@ -1308,7 +1308,7 @@ def parse_args(argv=None):
     ap.add_argument("--clients", default="1,20,1000")
     ap.add_argument("--tpcb-clients", default="20")
     ap.add_argument("--idle-clients", type=int, default=4000)
-    ap.add_argument("--idle-hold", type=float, default=3.0)
+    ap.add_argument("--idle-hold", type=float, default=5.0)
     ap.add_argument("--pool-size", type=int, default=20)
     ap.add_argument("--max-client-conn", type=int, default=5000)
     ap.add_argument("--max-connections", type=int, default=1100,

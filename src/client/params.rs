@@ -26,7 +26,7 @@ pub struct ClientParams {
     /// Shared with other clients that want the same ([`ClientParams::share`]); copied on
     /// write.
     wanted: ParamSet,
-    extra_tracked: Vec<String>,
+    extra_tracked: Box<[String]>,
 }
 
 impl ClientParams {
