@@ -39,37 +39,6 @@ async fn admin(env: &Env) -> Client {
     console(env, "admin", ADMIN_PW).await.unwrap()
 }
 
-/// Column names and rows (NULL as None) of one console command.
-async fn show(c: &Client, q: &str) -> (Vec<String>, Vec<Vec<Option<String>>>) {
-    let mut cols = Vec::new();
-    let mut rows = Vec::new();
-    for m in c.simple_query(q).await.unwrap() {
-        match m {
-            SimpleQueryMessage::RowDescription(d) => {
-                cols = d.iter().map(|c| c.name().to_owned()).collect();
-            }
-            SimpleQueryMessage::Row(r) => {
-                rows.push((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect());
-            }
-            _ => {}
-        }
-    }
-    (cols, rows)
-}
-
-/// Rows as maps column → value.
-async fn records(c: &Client, q: &str) -> Vec<std::collections::HashMap<String, String>> {
-    let (cols, rows) = show(c, q).await;
-    rows.into_iter()
-        .map(|r| {
-            cols.iter()
-                .cloned()
-                .zip(r.into_iter().map(Option::unwrap_or_default))
-                .collect()
-        })
-        .collect()
-}
-
 async fn error_of(c: &Client, q: &str) -> String {
     let e = c.simple_query(q).await.unwrap_err();
     e.as_db_error()

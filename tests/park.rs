@@ -9,7 +9,6 @@ use common::*;
 use pgferry::config::{Config, PoolMode};
 use std::io::Write;
 use std::time::Duration;
-use tokio_postgres::SimpleQueryMessage;
 
 const ADMIN_PW: &str = "admin-pw";
 
@@ -32,20 +31,11 @@ async fn admin(env: &Env) -> tokio_postgres::Client {
 
 /// Values of column `col` in SHOW CLIENTS.
 async fn clients_column(admin: &tokio_postgres::Client, col: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut idx = None;
-    for m in admin.simple_query("SHOW CLIENTS").await.unwrap() {
-        match m {
-            SimpleQueryMessage::RowDescription(d) => {
-                idx = d.iter().position(|c| c.name() == col);
-            }
-            SimpleQueryMessage::Row(r) => {
-                out.push(r.get(idx.unwrap()).unwrap_or("").to_owned());
-            }
-            _ => {}
-        }
-    }
-    out
+    records(admin, "SHOW CLIENTS")
+        .await
+        .into_iter()
+        .map(|mut r| r.remove(col).unwrap_or_default())
+        .collect()
 }
 
 /// Waits until `n` clients are parked.

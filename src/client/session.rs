@@ -254,7 +254,6 @@ pub async fn run(
     } = unbox(login);
     let mode = pool.settings().mode;
     let mut s = Session::new(app, client, pool, mode, params, cancel, info);
-    s.timeouts = boxed_timeouts(s.config.client_timeouts_for(&s.info.user));
     s.begin(server).await;
     let r = s.run_loop().await;
     s.conclude(r, pid).await
@@ -271,8 +270,6 @@ pub async fn resume(
     p.info.kill.resumed();
     let mut s = Session::new(app, client, p.pool, p.mode, p.params, p.cancel, p.info);
     s.insight = p.insight;
-    // The timeouts as configured now: a RELOAD while parked applies from this wait on.
-    s.timeouts = boxed_timeouts(s.config.client_timeouts_for(&s.info.user));
     if let Some(x) = p.extras {
         let x = *x;
         s.stmts = x.stmts;
@@ -303,6 +300,10 @@ impl<'a> Session<'a> {
         cancel: Arc<CancelSlot>,
         info: Arc<ClientInfo>,
     ) -> Self {
+        // The timeouts as configured now (for a resumed client too: a RELOAD while it was
+        // parked applies from its next wait on).
+        let config = app.config.load_full();
+        let timeouts = boxed_timeouts(config.client_timeouts_for(&info.user));
         Session {
             app,
             client,
@@ -330,8 +331,8 @@ impl<'a> Session<'a> {
             notice: None,
             request_start: None,
             xact_start: None,
-            config: app.config.load_full(),
-            timeouts: None,
+            config,
+            timeouts,
             clock: None,
             timer: None,
         }

@@ -8,7 +8,7 @@ use pgferry::testkit::{ClusterOptions, PasswordMethod, PgCluster};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 pub const APP_PW: &str = "app-secret";
 pub const MD5_PW: &str = "md5-secret";
@@ -256,4 +256,35 @@ pub async fn sleepers(env: &Env, n: usize, secs: f64) {
     for t in tasks {
         t.await.unwrap().expect("sleeper failed");
     }
+}
+
+/// Column names and rows (NULL as None) of one console command.
+pub async fn show(c: &Client, q: &str) -> (Vec<String>, Vec<Vec<Option<String>>>) {
+    let mut cols = Vec::new();
+    let mut rows = Vec::new();
+    for m in c.simple_query(q).await.unwrap() {
+        match m {
+            SimpleQueryMessage::RowDescription(d) => {
+                cols = d.iter().map(|c| c.name().to_owned()).collect();
+            }
+            SimpleQueryMessage::Row(r) => {
+                rows.push((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect());
+            }
+            _ => {}
+        }
+    }
+    (cols, rows)
+}
+
+/// Rows as maps column → value.
+pub async fn records(c: &Client, q: &str) -> Vec<std::collections::HashMap<String, String>> {
+    let (cols, rows) = show(c, q).await;
+    rows.into_iter()
+        .map(|r| {
+            cols.iter()
+                .cloned()
+                .zip(r.into_iter().map(Option::unwrap_or_default))
+                .collect()
+        })
+        .collect()
 }
