@@ -343,6 +343,16 @@ def vmrss_kib(pid: int) -> int:
     raise BenchError(f"no VmRSS for pid {pid}")
 
 
+def cpu_ticks(pid: int) -> int | None:
+    """User + system CPU of a process (all its threads) in clock ticks, from /proc/PID/stat."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of the line)
+
+
 def nofile_soft(pid: int) -> str:
     for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
         if line.startswith("Max open files"):
@@ -671,6 +681,8 @@ def run_pgbench(env: Env, target: str, w: Workload, duration: int, tag: str, ext
            "-T", str(duration + extra), "--log", f"--log-prefix={prefix}", DB]
     rec = dict(workload=w.id, target=target, clients=w.clients, mode=w.mode, script=w.script,
                duration=duration, cmd=" ".join(cmd[:-1] + [DB]))
+    proc = env.procs.get(target) if target != "direct" else None
+    cpu0 = cpu_ticks(proc.pid) if proc else None
     t0 = time.monotonic()
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, env=pg_env(), cwd=logdir,
@@ -681,6 +693,7 @@ def run_pgbench(env: Env, target: str, w: Workload, duration: int, tag: str, ext
         err = "pgbench timed out"
         rc = -1
     rec["wall_s"] = round(time.monotonic() - t0, 2)
+    cpu1 = cpu_ticks(proc.pid) if proc else None
 
     def grab(pat, conv=float):
         m = re.search(pat, out)
@@ -694,6 +707,9 @@ def run_pgbench(env: Env, target: str, w: Workload, duration: int, tag: str, ext
     rec["T"] = duration + extra
     rec["measured_s"] = (round(rec["processed"] / rec["tps"], 2)
                          if rec["processed"] and rec["tps"] else None)
+    # The pooler's own CPU per transaction (logins included), user + system.
+    rec["cpu_us"] = (round((cpu1 - cpu0) * 1e6 / os.sysconf("SC_CLK_TCK") / rec["processed"], 1)
+                     if cpu0 is not None and cpu1 is not None and rec["processed"] else None)
     # pgbench 15 prints the mean per-thread connection time; without it use the wall-clock excess
     conn_s = rec["conn_ms"] / 1000.0 if rec["conn_ms"] is not None else None
     if conn_s is None and rc == 0:
@@ -785,7 +801,7 @@ def aggregate(runs: list[dict], workloads: list[Workload], targets: list[str]) -
                         aborted=sum(r["aborted_clients"] for r in rs),
                         errors=sorted({r["error"] for r in rs if r["error"]}))
             src = good if good else []
-            for k in ("tps", "mean_ms", "p99_ms"):
+            for k in ("tps", "mean_ms", "p99_ms", "cpu_us"):
                 vals = [r[k] for r in src if r.get(k) is not None]
                 cell[k] = statistics.median(vals) if vals else None
             if not cell["ok"]:
@@ -966,6 +982,8 @@ def text_table(rows, targets) -> str:
     if "pgferry" in targets and "pgbouncer" in targets:
         hdr.append("ferry/bouncer")
     hdr += [f"{SHORT[t]} mean/p99 ms" for t in targets]
+    poolers = [t for t in ("pgbouncer", "pgferry") if t in targets]
+    hdr += [f"{SHORT[t]} cpu µs/tx" for t in poolers]
     lines = [hdr]
     for r in rows:
         w = r["workload"]
@@ -977,6 +995,10 @@ def text_table(rows, targets) -> str:
         for t in targets:
             c = cell(r, t)
             l.append("–" if not c or not c["ok"] else f"{fmt_ms(c['mean_ms'])}/{fmt_ms(c['p99_ms'])}")
+        for t in poolers:
+            c = cell(r, t)
+            v = c.get("cpu_us") if c and c["ok"] else None
+            l.append("–" if v is None else f"{v:.1f}")
         lines.append(l)
     widths = [max(len(x[i]) for x in lines) for i in range(len(hdr))]
     out = []
@@ -1016,6 +1038,25 @@ def markdown_table(rows, targets) -> str:
                 vals.append("–" if not c or not c["ok"] else fmt_ms(c[k]))
             cells.append(" / ".join(vals))
         cells.append(md_escape(failures_text(r, targets)))
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def cpu_markdown(rows, targets) -> str:
+    poolers = [t for t in ("pgbouncer", "pgferry") if t in targets]
+    hdr = ["workload", "clients"] + [f"{SHORT[t]} µs/tx" for t in poolers]
+    if len(poolers) == 2:
+        hdr.append("pgferry / PgBouncer")
+    out = ["| " + " | ".join(hdr) + " |", "|" + "|".join(["---"] + ["--:"] * (len(hdr) - 1)) + "|"]
+    for r in rows:
+        w = r["workload"]
+        vals = []
+        for t in poolers:
+            c = cell(r, t)
+            vals.append(c.get("cpu_us") if c and c["ok"] else None)
+        cells = [f"`{w.title}`", str(w.clients)] + ["–" if v is None else f"{v:.1f}" for v in vals]
+        if len(poolers) == 2:
+            cells.append(fmt_ratio(ratio(vals[1], vals[0])))
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -1268,6 +1309,15 @@ def write_report(args, argv, info, rows, targets, rss, target_eval, notes, md_pa
              + "\n")
     L.append(markdown_table(rows, targets))
     L.append("")
+    if "pgferry" in targets or "pgbouncer" in targets:
+        L.append("### Pooler CPU per transaction\n")
+        L.append("User plus system CPU of the pooler process (all threads, from `/proc/PID/stat`) "
+                 "over the pgbench run, divided by the transactions processed; logins included. "
+                 "On a machine this small the poolers share two cores with pgbench and PostgreSQL, "
+                 "so CPU per transaction decides much of the throughput, and it is steadier "
+                 "between runs than tps. Ratios above 1 mean pgferry uses more.\n")
+        L.append(cpu_markdown(rows, targets))
+        L.append("")
     if rss:
         L.append("### Memory per idle client\n")
         L.append(f"{args.idle_clients:,} idle client connections (logged in, ReadyForQuery, no query) to "

@@ -61,6 +61,9 @@ pub struct Counters {
 /// Shared state of one running instance.
 pub struct App {
     pub config: ArcSwap<Config>,
+    /// Bumped after each change of `config` (RELOAD, SET): sessions compare it with the one
+    /// they read instead of loading the configuration on every wait.
+    pub config_gen: AtomicU64,
     pub(crate) userlist: ArcSwap<HashMap<String, Secret>>,
     pub(crate) scram_cache: DashMap<String, ScramSecret>,
     /// auth_query lookups and their cache.
@@ -119,6 +122,7 @@ impl App {
             stats: stats::StatsState::default(),
             admin: crate::admin::AdminState::default(),
             config: ArcSwap::from_pointee(config),
+            config_gen: AtomicU64::new(0),
             userlist: ArcSwap::from_pointee(userlist),
             scram_cache: DashMap::new(),
             auth_lookup: auth::AuthLookup::default(),

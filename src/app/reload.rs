@@ -10,6 +10,7 @@
 use super::{load_userlist, pool_settings, App};
 use crate::config::Config;
 use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 impl App {
@@ -40,6 +41,7 @@ impl App {
         self.userlist.store(Arc::new(users));
         self.tls.store(Arc::new(tls));
         self.config.store(Arc::new(new));
+        self.config_gen.fetch_add(1, Ordering::Release);
         notes.extend(self.apply_to_pools());
         for n in &notes {
             tracing::info!("RELOAD: {n}");
@@ -80,6 +82,7 @@ impl App {
         tracing::info!(key, value, "SET");
         self.tls.store(Arc::new(tls));
         self.config.store(Arc::new(new));
+        self.config_gen.fetch_add(1, Ordering::Release);
         Ok(self.apply_to_pools())
     }
 

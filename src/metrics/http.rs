@@ -10,8 +10,6 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// Longest request head accepted.
 const MAX_HEAD: usize = 8 * 1024;
-/// How often histogram samples are folded into buckets when nobody scrapes.
-const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Binds `metrics_addr` and serves scrapes. A bind failure is logged and metrics stay off
 /// (the pooler itself keeps running). Returns the bound address.
@@ -29,21 +27,6 @@ pub async fn start(app: &Arc<App>) -> Option<SocketAddr> {
     let _ = metrics.addr.set(local);
     tracing::info!(%local, "metrics at http://{local}/metrics");
     let weak = Arc::downgrade(app);
-    // Histogram samples pile up between scrapes until upkeep folds them into buckets.
-    let upkeep = weak.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(UPKEEP_EVERY).await;
-            match upkeep.upgrade() {
-                Some(app) => {
-                    if let Some(m) = &app.metrics {
-                        m.upkeep();
-                    }
-                }
-                None => return,
-            }
-        }
-    });
     let mut stop = app.shutdown_signal();
     tokio::spawn(async move {
         loop {

@@ -1,25 +1,23 @@
 //! Prometheus metrics without a global recorder: each `App` owns a `PrometheusRecorder`
-//! (`Metrics`), registers per-pool histograms through the `metrics::Recorder` trait
-//! (`PoolObserver`), and at each scrape refreshes gauges and counters from pgferry's own
-//! atomics (`refresh`), then renders the text format. `http` serves `GET /metrics`.
+//! (`Metrics`) for gauges and counters, which each scrape refreshes from pgferry's own atomics
+//! (`refresh`) before rendering the text format. The per-pool duration histograms are
+//! pgferry's own (`histogram`, handed to pools as a `PoolObserver`) and are rendered after the
+//! recorder's series. `http` serves `GET /metrics`.
 //! Labels are database and user (plus a state or SQLSTATE class): cardinality stays bounded.
 
+mod histogram;
 mod http;
 mod refresh;
 
 pub use http::start;
 
-use metrics::{Histogram, Key, Label, Level, Metadata, Recorder, Unit};
+use histogram::Histogram;
+use metrics::{Key, Label, Level, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-
-/// Histogram bucket bounds, in seconds (0.1 ms to 1 min).
-const BUCKETS: [f64; 16] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    10.0, 60.0,
-];
 
 const META: Metadata<'static> = Metadata::new("pgferry", Level::INFO, Some("pgferry::metrics"));
 
@@ -27,23 +25,22 @@ pub const QUERY_SECONDS: &str = "pgferry_query_duration_seconds";
 pub const XACT_SECONDS: &str = "pgferry_transaction_duration_seconds";
 pub const WAIT_SECONDS: &str = "pgferry_wait_duration_seconds";
 
-/// Per-pool histogram handles; a no-op for pools created without metrics.
-#[derive(Clone)]
-pub struct PoolObserver {
+/// Which of a pool's histograms a series renders.
+type Pick = fn(&PoolHistograms) -> &Histogram;
+
+/// The three duration histograms of one (database, user).
+#[derive(Default)]
+struct PoolHistograms {
     query: Histogram,
     xact: Histogram,
     wait: Histogram,
 }
 
-impl Default for PoolObserver {
-    fn default() -> Self {
-        PoolObserver {
-            query: Histogram::noop(),
-            xact: Histogram::noop(),
-            wait: Histogram::noop(),
-        }
-    }
-}
+/// Per-pool histogram handles; a no-op for pools created without metrics. Pools of the same
+/// (database, user), a live one and ones a RELOAD replaced, share one set, so the series
+/// never go backwards.
+#[derive(Clone, Default)]
+pub struct PoolObserver(Option<Arc<PoolHistograms>>);
 
 impl std::fmt::Debug for PoolObserver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -54,15 +51,21 @@ impl std::fmt::Debug for PoolObserver {
 impl PoolObserver {
     /// Time from a request's first message to its ReadyForQuery.
     pub fn query(&self, d: Duration) {
-        self.query.record(d.as_secs_f64());
+        if let Some(h) = &self.0 {
+            h.query.record(d);
+        }
     }
     /// Time from a transaction's first request to its end.
     pub fn xact(&self, d: Duration) {
-        self.xact.record(d.as_secs_f64());
+        if let Some(h) = &self.0 {
+            h.xact.record(d);
+        }
     }
     /// Time a client waited for a server connection.
     pub fn wait(&self, d: Duration) {
-        self.wait.record(d.as_secs_f64());
+        if let Some(h) = &self.0 {
+            h.wait.record(d);
+        }
     }
 }
 
@@ -70,6 +73,8 @@ impl PoolObserver {
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    /// Duration histograms by (database, user), rendered after the recorder's series.
+    histograms: parking_lot::Mutex<BTreeMap<(String, String), Arc<PoolHistograms>>>,
     addr: OnceLock<SocketAddr>,
     /// Label sets seen at earlier scrapes, so series of vanished clients drop to zero.
     seen: parking_lot::Mutex<std::collections::BTreeSet<(String, String)>>,
@@ -83,15 +88,12 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        // `set_buckets` only fails on an empty list; without buckets histograms become summaries.
-        let recorder = PrometheusBuilder::new()
-            .set_buckets(&BUCKETS)
-            .unwrap_or_else(|_| PrometheusBuilder::new())
-            .build_recorder();
+        let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         let m = Metrics {
             recorder,
             handle,
+            histograms: parking_lot::Mutex::new(BTreeMap::new()),
             addr: OnceLock::new(),
             seen: parking_lot::Mutex::new(Default::default()),
         };
@@ -101,15 +103,11 @@ impl Metrics {
 
     /// Histograms for the pool of (`database`, `user`).
     pub fn observer(&self, database: &str, user: &str) -> PoolObserver {
-        let h = |name: &'static str| {
-            self.recorder
-                .register_histogram(&Key::from_parts(name, labels(database, user)), &META)
-        };
-        PoolObserver {
-            query: h(QUERY_SECONDS),
-            xact: h(XACT_SECONDS),
-            wait: h(WAIT_SECONDS),
-        }
+        let mut all = self.histograms.lock();
+        let h = all
+            .entry((database.to_owned(), user.to_owned()))
+            .or_default();
+        PoolObserver(Some(Arc::clone(h)))
     }
 
     /// Where `GET /metrics` is served (once the listener is bound).
@@ -117,15 +115,47 @@ impl Metrics {
         self.addr.get().copied()
     }
 
-    /// Drains histogram samples into their buckets (run periodically).
-    pub fn upkeep(&self) {
-        self.handle.run_upkeep();
-    }
-
     /// The exposition text, refreshed from the app's counters.
     pub fn render(&self, app: &crate::app::App) -> String {
         refresh::refresh(self, app);
-        self.handle.render()
+        let mut out = self.handle.render();
+        self.render_histograms(&mut out);
+        out
+    }
+
+    fn render_histograms(&self, out: &mut String) {
+        let all: Vec<(String, Arc<PoolHistograms>)> = self
+            .histograms
+            .lock()
+            .iter()
+            .map(|((db, user), h)| {
+                let labels = format!(
+                    "database=\"{}\",user=\"{}\"",
+                    histogram::escape(db),
+                    histogram::escape(user)
+                );
+                (labels, Arc::clone(h))
+            })
+            .collect();
+        let series: [(&str, Pick); 3] = [
+            (QUERY_SECONDS, |h| &h.query),
+            (XACT_SECONDS, |h| &h.xact),
+            (WAIT_SECONDS, |h| &h.wait),
+        ];
+        for (name, pick) in series {
+            let help = refresh::DESCRIPTIONS
+                .iter()
+                .find(|d| d.0 == name)
+                .map_or("", |d| d.2);
+            if !out.is_empty() && !out.ends_with('\n') {
+                out.push('\n');
+            }
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} histogram\n"));
+            for (labels, h) in &all {
+                pick(h).render(out, name, labels);
+            }
+            out.push('\n');
+        }
     }
 
     fn gauge(&self, name: &'static str, labels: Vec<Label>, v: f64) {
@@ -152,7 +182,7 @@ impl Metrics {
             match kind {
                 'c' => self.recorder.describe_counter(name, unit, help),
                 'g' => self.recorder.describe_gauge(name, unit, help),
-                _ => self.recorder.describe_histogram(name, unit, help),
+                _ => {} // pgferry's own histograms: described where they are rendered
             }
         }
     }

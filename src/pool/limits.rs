@@ -5,7 +5,7 @@
 
 use super::{Pool, Pooled};
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
@@ -14,6 +14,9 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 pub struct Limit {
     sem: Arc<Semaphore>,
     state: Mutex<LimitState>,
+    /// `state.owed`, readable without the lock: a permit coming back while nothing is owed
+    /// (every release but those after a shrink) goes straight to the semaphore.
+    owed: AtomicUsize,
 }
 
 struct LimitState {
@@ -31,6 +34,7 @@ impl Limit {
                 issued: size,
                 owed: 0,
             }),
+            owed: AtomicUsize::new(0),
         }
     }
 
@@ -67,6 +71,7 @@ impl Limit {
             st.issued -= forgotten;
             st.owed += remove - forgotten;
         }
+        self.owed.store(st.owed, Ordering::Release);
     }
 
     /// Waits (FIFO) for a permit.
@@ -80,11 +85,20 @@ impl Limit {
     }
 
     /// Returns a permit, forgetting it instead if the limit shrank while it was out.
+    ///
+    /// A permit that comes back through the lock-free path just as a shrink starts is not
+    /// forgotten, but the count owed is: the next permit back is forgotten in its place, so
+    /// the size still converges.
     pub fn give_back(&self, permit: OwnedSemaphorePermit) {
+        if self.owed.load(Ordering::Acquire) == 0 {
+            drop(permit);
+            return;
+        }
         let mut st = self.state.lock();
         if st.owed > 0 {
             st.owed -= 1;
             st.issued -= 1;
+            self.owed.store(st.owed, Ordering::Release);
             permit.forget();
         } else {
             drop(st);
