@@ -1241,7 +1241,8 @@ What it does, in order:
    and 1,000 clients, and tpcb-like at 20 clients. Runs are interleaved: for
    each workload the three targets run back to back, with the starting target
    rotated from one workload (and round) to the next, so machine drift hits all
-   three alike. Mean and p99 latency come from pgbench's per-transaction log.
+   three alike. Mean and p99 latency come from pgbench's per-transaction log;
+   each pooler's CPU per transaction from its `/proc/PID/stat` before and after.
    pgbench's `-T` clock includes connecting, and 1,000 direct connections
    (1,000 forked backends) take seconds here, so runs with ≥ 100 clients get
    `-T` extended by the connection time pgbench reported for that target (a
@@ -1314,8 +1315,8 @@ def write_report(args, argv, info, rows, targets, rss, target_eval, notes, md_pa
         L.append("User plus system CPU of the pooler process (all threads, from `/proc/PID/stat`) "
                  "over the pgbench run, divided by the transactions processed; logins included. "
                  "On a machine this small the poolers share two cores with pgbench and PostgreSQL, "
-                 "so CPU per transaction decides much of the throughput, and it is steadier "
-                 "between runs than tps. Ratios above 1 mean pgferry uses more.\n")
+                 "so every µs a pooler spends per transaction is taken from them. "
+                 "Ratios above 1 mean pgferry uses more.\n")
         L.append(cpu_markdown(rows, targets))
         L.append("")
     if rss:
@@ -1488,8 +1489,9 @@ def main(argv=None) -> int:
                 rec = run_pgbench_adaptive(env, t, w, args.duration, f"r{rnd}-{w.id}-{t}".replace("@", "_"))
                 rec["round"] = rnd + 1
                 runs.append(rec)
+                cpu = f", {rec['cpu_us']:.1f} µs CPU/tx" if rec.get("cpu_us") is not None else ""
                 status = (f"{rec['tps']:,.0f} tps, mean {fmt_ms(rec['mean_ms'])} ms, "
-                          f"p99 {fmt_ms(rec['p99_ms'])} ms" if rec["ok"] else f"FAILED: {rec['error']}")
+                          f"p99 {fmt_ms(rec['p99_ms'])} ms{cpu}" if rec["ok"] else f"FAILED: {rec['error']}")
                 log(f"[{k}/{total}] {w.id:<18} {t:<9} {status}")
                 p = env.procs.get(t)
                 if p and not p.alive():
