@@ -73,8 +73,13 @@ impl Histogram {
         }
         let total = cumulative[16];
         let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {total}");
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-        let _ = writeln!(out, "{name}_count{{{labels}}} {total}");
+        let braced = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braced} {sum}");
+        let _ = writeln!(out, "{name}_count{braced} {total}");
     }
 }
 
@@ -117,6 +122,17 @@ mod tests {
         assert!(s.contains("x_bucket{a=\"b\",le=\"+Inf\"} 3\n"), "{s}");
         assert!(s.contains("x_count{a=\"b\"} 3\n"), "{s}");
         assert!(s.contains("x_sum{a=\"b\"} 61.000201\n"), "{s}");
+    }
+
+    #[test]
+    fn without_labels_no_braces() {
+        let h = Histogram::default();
+        h.record(Duration::from_millis(2));
+        let mut s = String::new();
+        h.render(&mut s, "x", "");
+        assert!(s.contains("x_bucket{le=\"0.0025\"} 1\n"), "{s}");
+        assert!(s.contains("x_count 1\n"), "{s}");
+        assert!(s.contains("x_sum 0.002\n"), "{s}");
     }
 
     #[test]
