@@ -13,35 +13,28 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 /// shrinking removes free permits at once and the rest as they come back.
 pub struct Limit {
     sem: Arc<Semaphore>,
-    state: Mutex<LimitState>,
-    /// `state.owed`, readable without the lock: a permit coming back while nothing is owed
-    /// (every release but those after a shrink) goes straight to the semaphore.
+    /// Permits that exist (free or out), including those still owed. The lock also orders
+    /// every change of `owed`.
+    issued: Mutex<usize>,
+    /// Permits to forget as they come back (the size shrank while they were out). Changed
+    /// only under `issued`'s lock, read without it: a permit coming back while nothing is
+    /// owed (every release but those after a shrink) goes straight to the semaphore.
     owed: AtomicUsize,
-}
-
-struct LimitState {
-    /// Permits that exist (free or out), including those still owed.
-    issued: usize,
-    /// Permits to forget as they come back (the size shrank while they were out).
-    owed: usize,
 }
 
 impl Limit {
     pub fn new(size: usize) -> Limit {
         Limit {
             sem: Arc::new(Semaphore::new(size)),
-            state: Mutex::new(LimitState {
-                issued: size,
-                owed: 0,
-            }),
+            issued: Mutex::new(size),
             owed: AtomicUsize::new(0),
         }
     }
 
     /// The size the limit is converging to.
     pub fn size(&self) -> usize {
-        let st = self.state.lock();
-        st.issued - st.owed
+        let issued = self.issued.lock();
+        *issued - self.owed.load(Ordering::Relaxed)
     }
 
     /// Permits free now.
@@ -51,27 +44,28 @@ impl Limit {
 
     /// Permits held now.
     pub fn in_use(&self) -> usize {
-        let st = self.state.lock();
-        st.issued.saturating_sub(self.sem.available_permits())
+        let issued = self.issued.lock();
+        issued.saturating_sub(self.sem.available_permits())
     }
 
     pub fn resize(&self, new: usize) {
-        let mut st = self.state.lock();
-        let current = st.issued - st.owed;
+        let mut issued = self.issued.lock();
+        let mut owed = self.owed.load(Ordering::Relaxed);
+        let current = *issued - owed;
         if new > current {
             let mut add = new - current;
-            let cancelled = add.min(st.owed);
-            st.owed -= cancelled;
+            let cancelled = add.min(owed);
+            owed -= cancelled;
             add -= cancelled;
-            st.issued += add;
+            *issued += add;
             self.sem.add_permits(add);
         } else if new < current {
             let remove = current - new;
             let forgotten = self.sem.forget_permits(remove);
-            st.issued -= forgotten;
-            st.owed += remove - forgotten;
+            *issued -= forgotten;
+            owed += remove - forgotten;
         }
-        self.owed.store(st.owed, Ordering::Release);
+        self.owed.store(owed, Ordering::Release);
     }
 
     /// Waits (FIFO) for a permit.
@@ -94,14 +88,14 @@ impl Limit {
             drop(permit);
             return;
         }
-        let mut st = self.state.lock();
-        if st.owed > 0 {
-            st.owed -= 1;
-            st.issued -= 1;
-            self.owed.store(st.owed, Ordering::Release);
+        let mut issued = self.issued.lock();
+        let owed = self.owed.load(Ordering::Relaxed);
+        if owed > 0 {
+            self.owed.store(owed - 1, Ordering::Release);
+            *issued -= 1;
             permit.forget();
         } else {
-            drop(st);
+            drop(issued);
             drop(permit);
         }
     }
