@@ -4,10 +4,11 @@
 //! per-statement cost of the N+1 detector and of statistics recording.
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use pgferry::clock::Tick;
 use pgferry::insight::{Insight, InsightConfig, SessionContext};
 use pgferry::sql::{analyze_uncached, text_hash, SqlCache};
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const STATEMENTS: &[(&str, &str)] = &[
     ("pgbench_select", "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;"),
@@ -74,13 +75,13 @@ fn detector(c: &mut Criterion) {
     let list = cache.analyze("select id from orders");
     let get = cache.analyze("select * from customers where id = $1");
     let mut d = insight.new_session(SessionContext::default());
-    let mut t = Instant::now();
+    let mut t = Tick::now();
     let mut n = 0u64;
     // Alternating shapes: the common no-burst path.
     g.bench_function("on_statement/no_burst", |b| {
         b.iter(|| {
             n += 1;
-            t += Duration::from_millis(1);
+            t = t + Duration::from_millis(1);
             let a = if n % 2 == 0 { &list } else { &get };
             d.on_statement(t, a, n)
         })

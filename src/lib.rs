@@ -7,6 +7,7 @@
 //! - [`server`]: one server connection: login, parameters, prepared-statement registry
 //! - [`pool`]: pools per (database, user), FIFO waiters, checkout guard
 //! - [`client`]: one task per client: startup, routing, transaction-mode bookkeeping
+//! - [`clock`]: the hot path's monotonic clock
 //! - [`config`]: TOML schema and validation
 //! - [`app`]: shared state, listener, cancel registry, shutdown
 //! - [`logging`]: the log subscriber (stderr + logfile), the pid file
@@ -16,6 +17,7 @@ pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod insight;

@@ -96,7 +96,7 @@ fn views_of(data: &[u8]) {
     let mut buf = BytesMut::from(data);
     while let Ok(Split::Frame(f)) = split_frame(&mut buf, MAX_PACKET) {
         let body = f.body();
-        let _ = views::ready_status(&f);
+        let _ = views::ready_status(f.body());
         let _ = views::command_tag(body);
         let _ = views::parameter_status(body);
         let _ = views::backend_key(body);

@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = views::BindView::new(body);
         let _ = views::TargetView::new(body);
         let _ = views::query_text(body);
-        let _ = views::ready_status(&f);
+        let _ = views::ready_status(f.body());
         let _ = views::parameter_status(body);
         let _ = views::backend_key(body);
         let _ = views::error_field(body, b'C');

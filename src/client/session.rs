@@ -11,14 +11,15 @@ use super::ClientError;
 use crate::app::cancel::{CancelSlot, CancelTarget};
 use crate::app::registry::{now_us, ClientInfo, ClientState, Wake};
 use crate::app::App;
+use crate::clock::Tick;
 use crate::config::{ClientTimeouts, PoolMode};
 use crate::insight::{SessionContext, SessionDetector};
 use crate::net::Stream;
-use crate::net::{Conn, NetError};
+use crate::net::{Conn, NetError, Taken};
 use crate::pool::{Checkout, Pool, PoolError};
 use crate::protocol::build::{self, Severity};
 use crate::protocol::views::{self, BindView, ParseView, TargetView};
-use crate::protocol::{tag, Frame};
+use crate::protocol::{tag, Frame, FrameRef};
 use crate::server::prepared::server_name;
 use crate::server::ServerError;
 use crate::sql::{text_hash, Analysis};
@@ -28,7 +29,7 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A request sent to the server (or answered locally) whose reply is still to come, in order.
 #[derive(Debug)]
@@ -83,13 +84,13 @@ enum LocalUndo {
 #[derive(Debug)]
 struct Stat {
     analysis: Arc<Analysis>,
-    start: Instant,
+    start: Tick,
     rows: u64,
     error: bool,
 }
 
 impl Stat {
-    fn new(analysis: Arc<Analysis>, start: Instant) -> Self {
+    fn new(analysis: Arc<Analysis>, start: Tick) -> Self {
         Stat {
             analysis,
             start,
@@ -191,8 +192,8 @@ struct Session<'a> {
     /// A NoticeResponse to send before the next ReadyForQuery (n_plus_one_notice).
     notice: Option<Bytes>,
     /// When the outstanding request and the open transaction started.
-    request_start: Option<Instant>,
-    xact_start: Option<Instant>,
+    request_start: Option<Tick>,
+    xact_start: Option<Tick>,
     /// The configuration `timeouts` were read from (re-read when a reload replaces it).
     config: Arc<crate::config::Config>,
     /// `app.config_gen` when `config` was read.
@@ -200,7 +201,7 @@ struct Session<'a> {
     /// None when every one is off (the default; kept out of the session's size).
     timeouts: Option<Box<ClientTimeouts>>,
     /// The time, read at most once per turn of the session loop (see [`Session::now`]).
-    clock: Option<Instant>,
+    clock: Option<Tick>,
     /// The timer of the per-client timeouts, made at the first wait that has one and reset
     /// for each later wait (boxed: clients without timeouts, and every client's future, go
     /// without its space).
@@ -445,12 +446,31 @@ impl Session<'_> {
         // turn, whether it is idle enough to go).
         let mut watch_shutdown = true;
         let mut server_first = false;
+        // Server messages small enough to copy are handled from here, not split off the read
+        // buffer (see `Conn::take_frame`).
+        let mut small = Vec::new();
         loop {
             self.clock = None;
             if let Some(c) = self.server.as_mut() {
-                match c.conn().conn.try_frame() {
-                    Ok(Some(f)) => {
-                        self.on_server_frame(f).await?;
+                let conn = &mut c.conn().conn;
+                // Rows go to the client as they came, a run at a time.
+                let rows = conn.front_tag() == Some(tag::DATA_ROW);
+                let moved = match rows {
+                    true => conn.move_run(tag::DATA_ROW, self.client.out()),
+                    false => 0,
+                };
+                if moved > 0 {
+                    self.tally.bytes_out += moved as u64;
+                    self.client.flush_if_full().await?;
+                    continue;
+                }
+                match conn.take_frame(&mut small) {
+                    Ok(Some(Taken::Copied)) => {
+                        self.on_server_frame(FrameRef::new(&small)).await?;
+                        continue;
+                    }
+                    Ok(Some(Taken::Split(f))) => {
+                        self.on_server_frame(f.as_view()).await?;
                         continue;
                     }
                     Ok(None) => {}
@@ -498,7 +518,7 @@ impl Session<'_> {
             }
             let timer = match self.deadline() {
                 Some((at, which)) => {
-                    let at = tokio::time::Instant::from_std(at);
+                    let at = at.to_instant();
                     let t = self
                         .timer
                         .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
@@ -598,13 +618,13 @@ impl Session<'_> {
     /// Now, as far as timing one turn of the loop goes: the messages handled in one turn (a
     /// Query and its checkout; a reply and its release) share one clock read. Anything that
     /// can wait for long within a turn resets it.
-    fn now(&mut self) -> Instant {
-        *self.clock.get_or_insert_with(Instant::now)
+    fn now(&mut self) -> Tick {
+        *self.clock.get_or_insert_with(Tick::now)
     }
 
     /// The earliest per-client timeout that can end the coming wait, if any is set. The idle
     /// timeouts count from the start of the wait: the client has been silent since then.
-    fn deadline(&mut self) -> Option<(Instant, Timeout)> {
+    fn deadline(&mut self) -> Option<(Tick, Timeout)> {
         let gen = self.app.config_gen.load(Ordering::Acquire);
         if gen != self.config_gen {
             // RELOAD: the new timeouts apply from the next wait on.
@@ -615,11 +635,11 @@ impl Session<'_> {
             self.info.kill.reconsider_park();
         }
         let t = **self.timeouts.as_ref()?;
-        let now = Instant::now();
+        let now = Tick::now();
         let in_tx = self.tx != b'I';
         let waiting_on_server = !self.pending.is_empty();
-        let mut best: Option<(Instant, Timeout)> = None;
-        let mut consider = |at: Option<Instant>, which| {
+        let mut best: Option<(Tick, Timeout)> = None;
+        let mut consider = |at: Option<Tick>, which| {
             if let Some(at) = at {
                 if best.is_none_or(|(b, _)| at < b) {
                     best = Some((at, which));
@@ -713,7 +733,10 @@ impl Session<'_> {
         let t = f.tag();
         self.tally.bytes_in += f.len() as u64;
         if matches!(t, tag::QUERY | tag::PARSE | tag::BIND | tag::FUNCTION_CALL) {
-            self.info.request_time_us.store(now_us(), Ordering::Relaxed);
+            let now = self.now();
+            self.info
+                .request_time_us
+                .store(now.wall_us(), Ordering::Relaxed);
         }
         if t == tag::TERMINATE {
             return Ok(Flow::Exit);
@@ -1234,12 +1257,12 @@ impl Session<'_> {
 
     // ----- server → client -------------------------------------------------------------
 
-    async fn on_server_frame(&mut self, f: Frame) -> Result<(), ClientError> {
+    async fn on_server_frame(&mut self, f: FrameRef<'_>) -> Result<(), ClientError> {
         self.tally.bytes_out += f.len() as u64;
         match f.tag() {
             tag::NOTICE_RESPONSE | tag::NOTIFICATION_RESPONSE => self.client.queue(f.raw()),
             tag::PARAMETER_STATUS => {
-                if let Some((name, value)) = self.server_conn().note_parameter(&f) {
+                if let Some((name, value)) = self.server_conn().note_parameter(f.body()) {
                     if name == "application_name" {
                         value.clone_into(&mut self.info.application_name.lock());
                     }
@@ -1247,7 +1270,7 @@ impl Session<'_> {
                 }
                 self.client.queue(f.raw());
             }
-            tag::READY_FOR_QUERY => return self.on_ready(f).await,
+            tag::READY_FOR_QUERY => return self.on_ready(f.raw()).await,
             tag::ERROR_RESPONSE if is_fatal(f.body()) => {
                 // The server is going away (terminated backend, shutdown): the connection is
                 // finished, whatever follows.
@@ -1351,8 +1374,8 @@ impl Session<'_> {
         Ok(())
     }
 
-    async fn on_ready(&mut self, f: Frame) -> Result<(), ClientError> {
-        let Ok(status) = views::ready_status(&f) else {
+    async fn on_ready(&mut self, raw: &[u8]) -> Result<(), ClientError> {
+        let Ok(status) = views::ready_status(&raw[5..]) else {
             return self.desync("malformed ReadyForQuery").await;
         };
         match self.pending.pop_front() {
@@ -1365,7 +1388,7 @@ impl Session<'_> {
         }
         self.tx = status;
         self.errored = false;
-        self.client.queue(f.raw());
+        self.client.queue(raw);
         self.drain_local();
         self.account(status);
         if self.mode == PoolMode::Statement && status != b'I' {
@@ -1438,7 +1461,7 @@ impl Session<'_> {
 
     /// A timed statement finished: statistics and the detector's server time.
     fn complete(&mut self, st: Stat) {
-        let d = self.now().saturating_duration_since(st.start);
+        let d = self.now().since(st.start);
         if let Some(det) = self.detector.as_mut() {
             det.on_complete(d);
         }
@@ -1459,7 +1482,7 @@ impl Session<'_> {
         let st = &self.pool.stats;
         if self.pending.is_empty() {
             if let Some(t0) = self.request_start.take() {
-                let d = now.duration_since(t0);
+                let d = now.since(t0);
                 self.pool.observer.query(d);
                 st.query_time_us
                     .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
@@ -1472,7 +1495,7 @@ impl Session<'_> {
                 .transactions
                 .fetch_add(1, Ordering::Relaxed);
             if let Some(t0) = self.xact_start.take() {
-                let d = now.duration_since(t0);
+                let d = now.since(t0);
                 self.pool.observer.xact(d);
                 st.xact_time_us
                     .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
@@ -1568,7 +1591,7 @@ impl Session<'_> {
 
     /// [`Session::release`] when it needs no query and no wait (the common case); false when
     /// the caller must use `release`.
-    fn try_release(&mut self, now: Instant) -> bool {
+    fn try_release(&mut self, now: Tick) -> bool {
         if self.server.is_none()
             || self.search_path_dirty
             || self.pool.resets_always()

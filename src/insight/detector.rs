@@ -14,11 +14,12 @@
 use super::events::{EventLog, PatternEvent, PatternKind};
 use super::notice::{notice_for, Notice};
 use super::SessionContext;
+use crate::clock::Tick;
 use crate::sql::{Analysis, BuildPassThrough, StatementKind};
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 const MAX_PARAMS: usize = 256;
 const MAX_COOLDOWNS: usize = 64;
@@ -35,9 +36,9 @@ struct Run {
     analysis: Arc<Analysis>,
     source: Option<Arc<Analysis>>,
     count: u64,
-    first: Instant,
-    last: Instant,
-    recent: VecDeque<Instant>,
+    first: Tick,
+    last: Tick,
+    recent: VecDeque<Tick>,
     params: HashMap<u64, u32, BuildPassThrough>,
     distinct: u64,
     max_repeat: u32,
@@ -56,8 +57,8 @@ pub struct SessionDetector {
     last: Option<Arc<Analysis>>,
     run: Option<Run>,
     /// Spare buffers of a finished run, reused by the next.
-    spare: Option<(VecDeque<Instant>, HashMap<u64, u32, BuildPassThrough>)>,
-    cooldowns: Vec<(u64, PatternKind, Instant)>,
+    spare: Option<(VecDeque<Tick>, HashMap<u64, u32, BuildPassThrough>)>,
+    cooldowns: Vec<(u64, PatternKind, Tick)>,
 }
 
 pub(crate) struct Ctx {
@@ -102,7 +103,7 @@ impl SessionDetector {
     /// exactly once per reported burst, when it is detected.
     pub fn on_statement(
         &mut self,
-        now: Instant,
+        now: Tick,
         a: &Arc<Analysis>,
         params_hash: u64,
     ) -> Option<Notice> {
@@ -110,8 +111,7 @@ impl SessionDetector {
             return None;
         }
         let continues = self.run.as_ref().is_some_and(|r| {
-            r.analysis.fingerprint == a.fingerprint
-                && now.saturating_duration_since(r.last) <= self.window
+            r.analysis.fingerprint == a.fingerprint && now.since(r.last) <= self.window
         });
         if !continues {
             self.close_run();
@@ -152,10 +152,7 @@ impl SessionDetector {
             run.max_repeat = run.max_repeat.max(1);
         }
         let in_window = run.recent.len() >= threshold as usize
-            && run
-                .recent
-                .front()
-                .is_some_and(|f| now.saturating_duration_since(*f) <= window);
+            && run.recent.front().is_some_and(|f| now.since(*f) <= window);
         for open in run.bursts.iter() {
             if let Some(Burst { event: Some(e), .. }) = open {
                 update(&mut e.lock(), run);
@@ -183,7 +180,7 @@ impl SessionDetector {
         }
     }
 
-    fn detect(&mut self, now: Instant, kind: PatternKind) -> Option<Notice> {
+    fn detect(&mut self, now: Tick, kind: PatternKind) -> Option<Notice> {
         let ctx = &self.ctx;
         let run = self.run.as_mut()?;
         let fp = run.analysis.fingerprint;
@@ -301,7 +298,7 @@ impl SessionDetector {
 fn update(e: &mut PatternEvent, run: &Run) {
     e.count = run.count;
     e.distinct_params = run.distinct;
-    e.span = run.last.saturating_duration_since(run.first);
+    e.span = run.last.since(run.first);
     e.server_time = run.server_time;
 }
 

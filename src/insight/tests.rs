@@ -1,9 +1,9 @@
-//! Workload tests of the insight API with synthetic `Instant`s: N+1 bursts, duplicates,
+//! Workload tests of the insight API with synthetic `Tick`s: N+1 bursts, duplicates,
 //! slow spreads, interleaved clients, cooldowns, statistics and the SHOW tables.
 
 use super::*;
+use crate::clock::Tick;
 use crate::sql::{text_hash, SqlCache};
-use std::time::Instant;
 
 fn ctx(addr: &str) -> SessionContext {
     SessionContext {
@@ -15,7 +15,7 @@ fn ctx(addr: &str) -> SessionContext {
 }
 
 /// Sends a simple-protocol statement: params hash = hash of the text.
-fn send(d: &mut SessionDetector, c: &SqlCache, t: Instant, sql: &str) -> Option<Notice> {
+fn send(d: &mut SessionDetector, c: &SqlCache, t: Tick, sql: &str) -> Option<Notice> {
     let a = c.analyze(sql);
     let n = d.on_statement(t, &a, text_hash(sql.as_bytes()));
     d.on_complete(Duration::from_micros(300));
@@ -32,7 +32,7 @@ fn lookup(i: u64) -> String {
 fn list_then_fifty_lookups_is_one_burst() {
     let (ins, c) = (Insight::new(InsightConfig::default()), SqlCache::default());
     let mut d = ins.new_session(ctx("10.0.0.1:5000"));
-    let t0 = Instant::now();
+    let t0 = Tick::now();
     assert!(send(&mut d, &c, t0, LIST).is_none());
     let mut notices = Vec::new();
     for i in 0..50u64 {
@@ -89,7 +89,7 @@ fn list_then_fifty_lookups_is_one_burst() {
 fn slow_lookups_are_not_a_burst() {
     let (ins, c) = (Insight::new(InsightConfig::default()), SqlCache::default());
     let mut d = ins.new_session(ctx("a"));
-    let t0 = Instant::now();
+    let t0 = Tick::now();
     send(&mut d, &c, t0, LIST);
     for i in 0..50u64 {
         let t = t0 + Duration::from_millis(1_200 * (i + 1)); // over 60 s
@@ -104,7 +104,7 @@ fn slow_lookups_are_not_a_burst() {
 fn identical_parameters_are_a_duplicate() {
     let (ins, c) = (Insight::new(InsightConfig::default()), SqlCache::default());
     let mut d = ins.new_session(ctx("a"));
-    let t0 = Instant::now();
+    let t0 = Tick::now();
     let mut notices = Vec::new();
     for i in 0..50u64 {
         notices.extend(send(&mut d, &c, t0 + Duration::from_millis(i), &lookup(7)));
@@ -125,7 +125,7 @@ fn interleaved_clients_are_attributed_separately() {
     let (ins, c) = (Insight::new(InsightConfig::default()), SqlCache::default());
     let mut a = ins.new_session(ctx("client-a"));
     let mut b = ins.new_session(ctx("client-b"));
-    let t0 = Instant::now();
+    let t0 = Tick::now();
     send(&mut a, &c, t0, LIST);
     send(&mut b, &c, t0, "select id from invoices");
     for i in 0..30u64 {
@@ -151,7 +151,7 @@ fn extended_protocol_and_transparent_transaction_control() {
     let mut d = ins.new_session(ctx("a"));
     let prepared = c.analyze("select * from order_lines where order_id = $1");
     let begin = c.analyze("BEGIN");
-    let t0 = Instant::now();
+    let t0 = Tick::now();
     d.on_statement(t0, &c.analyze(LIST), 1);
     d.on_statement(t0, &begin, 2);
     let mut notices = 0;
@@ -177,7 +177,7 @@ fn extended_protocol_and_transparent_transaction_control() {
 fn cooldown_suppresses_repeat_events_but_counts_them() {
     let (ins, c) = (Insight::new(InsightConfig::default()), SqlCache::default());
     let mut d = ins.new_session(ctx("a"));
-    let t0 = Instant::now();
+    let t0 = Tick::now();
     let mut notices = 0;
     for page in 0..3u64 {
         let tp = t0 + Duration::from_millis(500 * page);
@@ -204,7 +204,7 @@ fn disabled_does_nothing() {
     let c = SqlCache::default();
     let mut d = ins.new_session(ctx("a"));
     for i in 0..50u64 {
-        assert!(send(&mut d, &c, Instant::now(), &lookup(i)).is_none());
+        assert!(send(&mut d, &c, Tick::now(), &lookup(i)).is_none());
         ins.record(
             "shop",
             "web",
@@ -301,7 +301,7 @@ fn statistics_are_bounded_with_an_other_row() {
 fn show_tables_have_consistent_shapes() {
     let (ins, c) = (Insight::new(InsightConfig::default()), SqlCache::default());
     let mut d = ins.new_session(ctx("a"));
-    let t0 = Instant::now();
+    let t0 = Tick::now();
     for i in 0..15u64 {
         send(&mut d, &c, t0 + Duration::from_millis(i), &lookup(i));
     }

@@ -3,7 +3,7 @@
 //! are appended to an output buffer and sent in one syscall when the caller flushes.
 
 use crate::protocol::startup::{check_startup_len, parse_startup, StartupPacket};
-use crate::protocol::{split_frame, Frame, FrameError, Split};
+use crate::protocol::{measure_frame, split_frame, Frame, FrameError, Measured, Split};
 use bytes::{Buf, BytesMut};
 use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -23,6 +23,17 @@ const CHUNK: usize = 16 * 1024;
 const MIN_ROOM: usize = 4096;
 /// Output is flushed once this much is queued, so a large result never piles up in memory.
 pub const FLUSH_AT: usize = 64 * 1024;
+
+/// Frames up to this size are copied out of the read buffer rather than split off it.
+pub const COPY_UP_TO: usize = 256;
+
+/// What [`Conn::take_frame`] took.
+pub enum Taken {
+    /// The frame is in the caller's buffer.
+    Copied,
+    /// A frame too large to copy.
+    Split(Frame),
+}
 
 /// Why a connection stopped.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +92,50 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 Ok(None)
             }
         }
+    }
+
+    /// Takes the whole frame at the front of the buffer, if there is one, like
+    /// [`Conn::try_frame`]: one of up to [`COPY_UP_TO`] bytes is copied into `small` (cleared
+    /// first) and `Taken::Copied` returned, so the buffer's storage is not shared with it (no
+    /// reference counts, and the next read reuses the storage); a larger one is split off.
+    pub fn take_frame(&mut self, small: &mut Vec<u8>) -> Result<Option<Taken>, FrameError> {
+        match measure_frame(&self.rbuf, self.max_len)? {
+            Measured::Whole(total) if total <= COPY_UP_TO => {
+                small.clear();
+                small.extend_from_slice(&self.rbuf[..total]);
+                self.rbuf.advance(total);
+                self.want = 5;
+                Ok(Some(Taken::Copied))
+            }
+            Measured::Whole(_) => Ok(self.try_frame()?.map(Taken::Split)),
+            Measured::Incomplete { missing } => {
+                self.want = missing;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Moves the run of whole frames tagged `tag` at the front of the buffer to `out`
+    /// untouched, in one copy; returns how many bytes moved (0: the front frame is another
+    /// one, incomplete, or invalid, for [`Conn::try_frame`] to report).
+    pub fn move_run(&mut self, tag: u8, out: &mut BytesMut) -> usize {
+        let mut end = 0;
+        while self.rbuf.get(end) == Some(&tag) {
+            match measure_frame(&self.rbuf[end..], self.max_len) {
+                Ok(Measured::Whole(total)) => end += total,
+                _ => break,
+            }
+        }
+        if end > 0 {
+            out.extend_from_slice(&self.rbuf[..end]);
+            self.rbuf.advance(end);
+        }
+        end
+    }
+
+    /// The tag of the (possibly incomplete) frame at the front of the buffer.
+    pub fn front_tag(&self) -> Option<u8> {
+        self.rbuf.first().copied()
     }
 
     /// True when a complete frame is waiting in the buffer.
@@ -283,6 +338,81 @@ mod tests {
         assert!(matches!(
             conn.read_frame().await,
             Err(NetError::Frame(FrameError::TooLarge { .. }))
+        ));
+    }
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    /// A reply as the session reads it: a run of rows moved in one piece, then the small
+    /// messages copied out and a large one split off, however the bytes arrive.
+    #[tokio::test]
+    async fn rows_move_in_runs_and_other_frames_are_taken_whole() {
+        let big = vec![b'x'; COPY_UP_TO * 2];
+        let mut reply = Vec::new();
+        for r in [&b"row one"[..], b"row two", b"row three"] {
+            reply.extend(msg(b'D', r));
+        }
+        reply.extend(msg(b'C', b"SELECT 3\0"));
+        reply.extend(msg(b'N', &big));
+        reply.extend(msg(b'Z', b"I"));
+        let (a, mut b) = tokio::io::duplex(1 << 16);
+        let mut conn = Conn::new(a, 1 << 20);
+        // Two rows and part of the third first: only whole rows move.
+        let cut = msg(b'D', b"row one").len() * 2 + 6;
+        b.write_all(&reply[..cut]).await.unwrap();
+        conn.fill().await.unwrap();
+        let mut out = BytesMut::new();
+        assert_eq!(conn.front_tag(), Some(b'D'));
+        assert_eq!(conn.move_run(b'D', &mut out), cut - 6);
+        assert_eq!(
+            conn.move_run(b'D', &mut out),
+            0,
+            "the third row is incomplete"
+        );
+        b.write_all(&reply[cut..]).await.unwrap();
+        while conn.buffered() < reply.len() - (cut - 6) {
+            conn.fill().await.unwrap();
+        }
+        assert_eq!(conn.move_run(b'D', &mut out), msg(b'D', b"row three").len());
+        assert_eq!(&out[..], &reply[..out.len()]);
+        assert_eq!(conn.move_run(b'D', &mut out), 0, "CommandComplete is next");
+        let mut small = Vec::new();
+        assert!(matches!(
+            conn.take_frame(&mut small),
+            Ok(Some(Taken::Copied))
+        ));
+        assert_eq!(small, msg(b'C', b"SELECT 3\0"));
+        match conn.take_frame(&mut small) {
+            Ok(Some(Taken::Split(f))) => assert_eq!(f.body(), &big[..]),
+            _ => panic!("a large frame is split off"),
+        }
+        assert!(matches!(
+            conn.take_frame(&mut small),
+            Ok(Some(Taken::Copied))
+        ));
+        assert_eq!(small, msg(b'Z', b"I"));
+        assert!(matches!(conn.take_frame(&mut small), Ok(None)));
+    }
+
+    #[tokio::test]
+    async fn a_bad_length_stops_a_run_and_is_reported_by_take_frame() {
+        let (a, mut b) = tokio::io::duplex(1 << 10);
+        let mut conn = Conn::new(a, 64);
+        let mut bytes = msg(b'D', b"ok");
+        bytes.extend(msg(b'D', &[0; 100])); // over the 64-byte limit
+        b.write_all(&bytes).await.unwrap();
+        conn.fill().await.unwrap();
+        let mut out = BytesMut::new();
+        assert_eq!(conn.move_run(b'D', &mut out), 7);
+        assert_eq!(conn.move_run(b'D', &mut out), 0);
+        assert!(matches!(
+            conn.take_frame(&mut Vec::new()),
+            Err(FrameError::TooLarge { len: 104, max: 64 })
         ));
     }
 }

@@ -9,7 +9,7 @@ use super::limits::{Blocked, CapGuard};
 use super::{
     Permit, Pool, PoolError, PoolSettings, Pooled, PooledConn, CAP_POLL, CHECK_TIMEOUT, RETRY_PAUSE,
 };
-use crate::app::registry::now_us;
+use crate::clock::Tick;
 use crate::server::{self, ServerConn, ServerError};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -55,17 +55,17 @@ impl Pool {
             .fetch_add(waited, Ordering::Relaxed);
         self.stats.wait_us_max.fetch_max(waited, Ordering::Relaxed);
         let p = self.obtain(&s, deadline, retry).await?;
-        self.lend(&mut checkout, p);
+        self.lend(&mut checkout, p, Tick::now());
         Ok(checkout)
     }
 
     /// Hands `p` to `checkout`, counted as in use.
-    fn lend(&self, checkout: &mut Checkout, p: Pooled) {
+    fn lend(&self, checkout: &mut Checkout, p: Pooled, now: Tick) {
         p.conn.info.active.store(true, Ordering::Relaxed);
         p.conn
             .info
             .request_time_us
-            .store(now_us(), Ordering::Relaxed);
+            .store(now.wall_us(), Ordering::Relaxed);
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
         self.stats.active.fetch_add(1, Ordering::Relaxed);
         checkout.conn = Some(p);
@@ -75,7 +75,7 @@ impl Pool {
     /// free and an idle connection is ready without `server_check_query`. `None` sends the
     /// caller to [`Pool::checkout`] (which also covers everything this skips). No future, no
     /// timer: the common case of a busy pool with idle connections stays synchronous.
-    pub fn try_checkout_now(self: &Arc<Self>, now: Instant) -> Option<Checkout> {
+    pub fn try_checkout_now(self: &Arc<Self>, now: Tick) -> Option<Checkout> {
         if self.control.is_paused() {
             return None;
         }
@@ -88,14 +88,14 @@ impl Pool {
         let s = self.settings.load();
         let p = self.pop_ready_idle(&s, now)?; // none ready: the permit goes back with `checkout`
         self.observer.wait(Duration::ZERO);
-        self.lend(&mut checkout, p);
+        self.lend(&mut checkout, p, now);
         Some(checkout)
     }
 
     /// The most recently used (or, with server_round_robin, the oldest) idle connection if it
     /// can be lent without a query: current, alive, and not due for server_check_query. One
     /// that is due stays where it was and `None` sends the caller to [`Pool::take_idle`].
-    fn pop_ready_idle(&self, s: &PoolSettings, now: Instant) -> Option<Pooled> {
+    fn pop_ready_idle(&self, s: &PoolSettings, now: Tick) -> Option<Pooled> {
         loop {
             let mut idle = self.idle.lock();
             let p = if s.server_round_robin {
@@ -110,7 +110,7 @@ impl Pool {
             }
             let due = s
                 .server_check_delay
-                .is_none_or(|d| now.saturating_duration_since(p.conn.last_used) >= d);
+                .is_none_or(|d| now.since(p.conn.last_used) >= d);
             if due {
                 if s.server_round_robin {
                     idle.push_front(p);
@@ -165,7 +165,7 @@ impl Pool {
             // Each round does work only when something changed; never hog the worker anyway.
             tokio::task::consume_budget().await;
             // Usually an idle connection is ready: take it before arming the wake-ups below.
-            if let Some(p) = self.pop_ready_idle(s, Instant::now()) {
+            if let Some(p) = self.pop_ready_idle(s, Tick::now()) {
                 return Ok(p);
             }
             let pool_freed = self.caps.pool.freed.notified();
@@ -226,7 +226,7 @@ impl Pool {
             }
             let due = s
                 .server_check_delay
-                .is_none_or(|d| p.conn.last_used.elapsed() >= d);
+                .is_none_or(|d| Tick::now().since(p.conn.last_used) >= d);
             if due && !self.check(&mut p.conn, s).await {
                 continue;
             }
@@ -400,11 +400,11 @@ impl Checkout {
 
     /// Returns a clean, idle connection to the pool.
     pub fn release(self) {
-        self.release_at(Instant::now());
+        self.release_at(Tick::now());
     }
 
     /// [`Checkout::release`] when the caller has read the clock already.
-    pub fn release_at(mut self, now: Instant) {
+    pub fn release_at(mut self, now: Tick) {
         if let Some(c) = self.conn.take() {
             self.pool.stats.active.fetch_sub(1, Ordering::Relaxed);
             self.pool.put_back(c, now);

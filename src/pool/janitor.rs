@@ -5,8 +5,9 @@
 //! It ends with the pool, when its database is removed, or when the instance shuts down.
 
 use super::{Pool, Pooled, PooledConn};
+use crate::clock::Tick;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
 
 const TICK: Duration = Duration::from_millis(250);
@@ -36,7 +37,7 @@ async fn run(pool: Weak<Pool>, mut shutdown: watch::Receiver<bool>) {
         if pool.is_closed() {
             return;
         }
-        pool.prune_idle(Instant::now());
+        pool.prune_idle(Tick::now());
         let mut stop = shutdown.clone();
         tokio::select! {
             _ = pool.fill_min() => {}
@@ -47,7 +48,7 @@ async fn run(pool: Weak<Pool>, mut shutdown: watch::Receiver<bool>) {
 
 impl Pool {
     /// Closes idle connections that are dead, stale, surplus, or idle too long.
-    pub(super) fn prune_idle(&self, now: Instant) {
+    pub(super) fn prune_idle(&self, now: Tick) {
         let s = self.settings();
         let min = s.min_size.min(s.size) as usize;
         let limit = self.caps.pool.limit() as usize;
@@ -63,7 +64,7 @@ impl Pool {
                 let surplus = remaining > limit;
                 let expired = remaining > min
                     && s.server_idle_timeout
-                        .is_some_and(|t| now.saturating_duration_since(p.conn.last_used) >= t);
+                        .is_some_and(|t| now.since(p.conn.last_used) >= t);
                 if dead || surplus || expired {
                     remaining = remaining.saturating_sub(1);
                     closing.push(p);
@@ -104,7 +105,7 @@ impl Pool {
             match r {
                 Ok(conn) => {
                     tracing::debug!(server = conn.id, db = %self.database, user = %self.user, "opened server connection for min_pool_size");
-                    self.put_back(Box::new(PooledConn { conn, _caps: guard }), Instant::now());
+                    self.put_back(Box::new(PooledConn { conn, _caps: guard }), Tick::now());
                     self.main.give_back(permit);
                 }
                 Err(e) => {

@@ -13,6 +13,7 @@ mod janitor;
 pub mod limits;
 
 use crate::app::registry::DbControl;
+use crate::clock::Tick;
 use crate::config::PoolMode;
 use crate::server::{ServerConn, ServerError, ServerMap, ServerPassword, ServerTarget};
 use arc_swap::ArcSwap;
@@ -22,7 +23,7 @@ use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 
 pub use checkout::Checkout;
@@ -312,13 +313,12 @@ impl Pool {
 
     /// Past server_lifetime, or opened before the last RECONNECT or change of server.
     fn is_stale(&self, c: &ServerConn, s: &PoolSettings) -> bool {
-        self.is_stale_at(c, s, Instant::now())
+        self.is_stale_at(c, s, Tick::now())
     }
 
-    fn is_stale_at(&self, c: &ServerConn, s: &PoolSettings, now: Instant) -> bool {
+    fn is_stale_at(&self, c: &ServerConn, s: &PoolSettings, now: Tick) -> bool {
         c.generation != self.generation()
-            || s.server_lifetime
-                .is_some_and(|l| now.saturating_duration_since(c.created) >= l)
+            || s.server_lifetime.is_some_and(|l| now.since(c.created) >= l)
     }
 
     /// Changes whenever RECONNECT or RELOAD means existing connections must go.
@@ -362,7 +362,7 @@ impl Pool {
         Some(p)
     }
 
-    fn put_back(&self, mut p: Pooled, now: Instant) {
+    fn put_back(&self, mut p: Pooled, now: Tick) {
         p.conn.info.active.store(false, Ordering::Relaxed);
         p.conn.info.client.store(0, Ordering::Relaxed);
         let s = self.settings.load();

@@ -77,12 +77,32 @@ pub enum Split {
 /// The declared length is validated (≥ 4 and ≤ `max_len`) before the caller reserves anything
 /// for it, so a hostile length never causes a large allocation.
 pub fn split_frame(buf: &mut BytesMut, max_len: usize) -> Result<Split, FrameError> {
-    if buf.len() < 5 {
-        return Ok(Split::Incomplete {
+    Ok(match measure_frame(buf, max_len)? {
+        Measured::Whole(total) => Split::Frame(Frame {
+            raw: buf.split_to(total).freeze(),
+        }),
+        Measured::Incomplete { missing } => Split::Incomplete { missing },
+    })
+}
+
+/// How much of the message at the start of a buffer is there.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Measured {
+    /// The whole message is there: this many bytes (tag, length word and body).
+    Whole(usize),
+    /// More bytes are needed; `missing` is how many at least (already validated against the limit).
+    Incomplete { missing: usize },
+}
+
+/// The size of the tagged message at the start of `buf`, with the same checks as
+/// [`split_frame`], without taking it.
+pub fn measure_frame(buf: &[u8], max_len: usize) -> Result<Measured, FrameError> {
+    let [_, a, b, c, d, ..] = *buf else {
+        return Ok(Measured::Incomplete {
             missing: 5 - buf.len(),
         });
-    }
-    let declared = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    };
+    let declared = i32::from_be_bytes([a, b, c, d]);
     if declared < 4 {
         return Err(FrameError::BadLength(i64::from(declared)));
     }
@@ -92,14 +112,53 @@ pub fn split_frame(buf: &mut BytesMut, max_len: usize) -> Result<Split, FrameErr
         return Err(FrameError::TooLarge { len, max: max_len });
     }
     let total = len + 1;
-    if buf.len() < total {
-        return Ok(Split::Incomplete {
+    Ok(match buf.len() < total {
+        true => Measured::Incomplete {
             missing: total - buf.len(),
-        });
+        },
+        false => Measured::Whole(total),
+    })
+}
+
+/// A borrowed message: the accessors of [`Frame`] over bytes someone else owns.
+#[derive(Clone, Copy, Debug)]
+pub struct FrameRef<'a> {
+    raw: &'a [u8],
+}
+
+impl<'a> FrameRef<'a> {
+    /// Wraps bytes known to hold one whole message (tag + length + body).
+    pub fn new(raw: &'a [u8]) -> FrameRef<'a> {
+        debug_assert!(raw.len() >= 5);
+        FrameRef { raw }
     }
-    Ok(Split::Frame(Frame {
-        raw: buf.split_to(total).freeze(),
-    }))
+
+    pub fn tag(&self) -> u8 {
+        self.raw[0]
+    }
+
+    pub fn body(&self) -> &'a [u8] {
+        &self.raw[5..]
+    }
+
+    pub fn raw(&self) -> &'a [u8] {
+        self.raw
+    }
+
+    pub fn len(&self) -> usize {
+        self.raw.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.raw.is_empty()
+    }
+}
+
+impl Frame {
+    /// This frame as a [`FrameRef`].
+    pub fn as_view(&self) -> FrameRef<'_> {
+        FrameRef { raw: &self.raw }
+    }
 }
 
 /// Frontend message tags pgferry acts on.

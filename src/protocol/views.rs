@@ -2,7 +2,7 @@
 //! plus the rewrites it performs on them (statement names in transaction mode). Every accessor
 //! checks bounds; malformed input yields `FrameError::Malformed`.
 
-use super::{Frame, FrameError};
+use super::FrameError;
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// Splits a NUL-terminated string off the front of `b`.
@@ -91,8 +91,8 @@ pub fn query_text(body: &[u8]) -> Result<&[u8], FrameError> {
 }
 
 /// The transaction status byte of a ReadyForQuery.
-pub fn ready_status(frame: &Frame) -> Result<u8, FrameError> {
-    match frame.body() {
+pub fn ready_status(body: &[u8]) -> Result<u8, FrameError> {
+    match body {
         [s @ (b'I' | b'T' | b'E')] => Ok(*s),
         _ => Err(FrameError::Malformed("ReadyForQuery")),
     }
@@ -203,6 +203,7 @@ pub fn query(sql: &str) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::Frame;
 
     #[test]
     fn parse_view_and_rewrite_round_trip() {

@@ -291,7 +291,7 @@ async fn login(server: &mut ServerConn, t: &ServerTarget) -> Result<(), ServerEr
                 }
             }
             tag::PARAMETER_STATUS => {
-                server.note_parameter(&f);
+                server.note_parameter(f.body());
             }
             tag::BACKEND_KEY_DATA => {
                 let (pid, secret) = views::backend_key(f.body())?;

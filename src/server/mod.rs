@@ -7,10 +7,10 @@ pub mod prepared;
 
 pub use login::{connect, ServerPassword, ServerTarget};
 
-use crate::app::registry::now_us;
+use crate::clock::Tick;
 use crate::net::Stream;
 use crate::net::{Conn, NetError};
-use crate::protocol::{tag, views, Frame};
+use crate::protocol::{tag, views};
 use bytes::Bytes;
 use dashmap::DashMap;
 use parking_lot::Mutex;
@@ -18,7 +18,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -153,8 +152,8 @@ pub struct ServerConn {
     in_sync_with: Option<ParamSet>,
     /// pgferry-named prepared statements on this connection.
     pub prepared: prepared::Registry,
-    pub created: Instant,
-    pub last_used: Instant,
+    pub created: Tick,
+    pub last_used: Tick,
     /// The database generation it was opened under (RECONNECT bumps it).
     pub generation: u64,
     pub info: Arc<ServerInfo>,
@@ -163,7 +162,7 @@ pub struct ServerConn {
 
 impl ServerConn {
     fn new(conn: Conn<Stream>, addr: SocketAddr, max_prepared: usize) -> Self {
-        let now = Instant::now();
+        let now = Tick::now();
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let local_addr = conn.stream().local_addr();
         ServerConn {
@@ -172,10 +171,10 @@ impl ServerConn {
                 addr,
                 local_addr,
                 pid: 0,
-                connect_time_us: now_us(),
+                connect_time_us: now.wall_us(),
                 active: AtomicBool::new(false),
                 client: AtomicU64::new(0),
-                request_time_us: AtomicU64::new(now_us()),
+                request_time_us: AtomicU64::new(now.wall_us()),
                 prepared_statements: AtomicUsize::new(0),
                 application_name: Mutex::new(String::new()),
                 tls: conn.stream().tls_description(),
@@ -206,8 +205,8 @@ impl ServerConn {
     }
 
     /// Records a ParameterStatus; returns the (name, value) it carried.
-    pub fn note_parameter(&mut self, frame: &Frame) -> Option<(String, String)> {
-        let (name, value) = views::parameter_status(frame.body()).ok()?;
+    pub fn note_parameter(&mut self, body: &[u8]) -> Option<(String, String)> {
+        let (name, value) = views::parameter_status(body).ok()?;
         self.in_sync_with = None;
         self.params.insert(
             name.to_ascii_lowercase(),
@@ -283,7 +282,7 @@ impl ServerConn {
             let f = self.conn.read_frame().await?;
             match f.tag() {
                 tag::READY_FOR_QUERY => {
-                    let status = views::ready_status(&f)?;
+                    let status = views::ready_status(f.body())?;
                     return match error {
                         Some(e) => Err(ServerError::Server(e)),
                         None => Ok((rows, status)),
@@ -291,7 +290,7 @@ impl ServerConn {
                 }
                 tag::ERROR_RESPONSE => error = Some(f.raw().clone()),
                 tag::PARAMETER_STATUS => {
-                    self.note_parameter(&f);
+                    self.note_parameter(f.body());
                 }
                 tag::DATA_ROW => {
                     if let Some(v) = first_column(f.body()) {

@@ -1,0 +1,101 @@
+//! The hot path's clock: monotonic nanoseconds in a `u64`.
+//!
+//! A [`Tick`] is an `Instant` taken as nanoseconds since the first one the process read: 8
+//! bytes, and it subtracts with plain integer arithmetic. A query is timed, checked against
+//! idle and lifetime limits and fed to the N+1 detector, so its path compares and subtracts
+//! times several times; with `Instant` each of those normalizes a `timespec`. Reading the
+//! clock costs one such subtraction, once per turn of a session.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// A point in monotonic time, in nanoseconds since the process first read the clock.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Tick(u64);
+
+impl Tick {
+    /// Now.
+    pub fn now() -> Tick {
+        Tick::of(Instant::now())
+    }
+
+    /// The tick of `i` (zero for an instant before the process's first reading).
+    pub fn of(i: Instant) -> Tick {
+        let d = i.saturating_duration_since(*base());
+        Tick(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    /// The time from `earlier` to `self`; zero if `earlier` is later.
+    pub fn since(self, earlier: Tick) -> Duration {
+        Duration::from_nanos(self.0.saturating_sub(earlier.0))
+    }
+
+    /// The same moment as a tokio `Instant`, for timers.
+    pub fn to_instant(self) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(*base() + Duration::from_nanos(self.0))
+    }
+
+    /// The same moment in microseconds since the UNIX epoch, for times the console shows.
+    /// The offset between the two clocks is taken once, so a later change of the system clock
+    /// does not show here (as in PgBouncer, which caches its time per loop).
+    pub fn wall_us(self) -> u64 {
+        static BASE_US: OnceLock<u64> = OnceLock::new();
+        let at_base = *BASE_US.get_or_init(|| {
+            let wall = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+            wall.saturating_sub(Tick::now().0 / 1000)
+        });
+        at_base.saturating_add(self.0 / 1000)
+    }
+}
+
+/// The instant ticks count from.
+fn base() -> &'static Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    BASE.get_or_init(Instant::now)
+}
+
+/// `d` later (saturating, unlike `Instant`, which panics on overflow).
+impl std::ops::Add<Duration> for Tick {
+    type Output = Tick;
+
+    fn add(self, d: Duration) -> Tick {
+        let n = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        Tick(self.0.saturating_add(n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_follow_instant_and_the_wall_clock() {
+        let (t0, i0) = (Tick::now(), Instant::now());
+        std::thread::sleep(Duration::from_millis(20));
+        let (t1, i1) = (Tick::now(), Instant::now());
+        let by_tick = t1.since(t0);
+        let by_instant = i1.duration_since(i0);
+        assert!(by_tick >= Duration::from_millis(20), "{by_tick:?}");
+        let skew = by_tick.abs_diff(by_instant);
+        assert!(
+            skew < Duration::from_millis(5),
+            "{by_tick:?} vs {by_instant:?}"
+        );
+        assert_eq!(t0.since(t1), Duration::ZERO);
+        assert_eq!(t0 + by_tick, t1);
+        let wall = crate::app::registry::now_us();
+        assert!(
+            t1.wall_us().abs_diff(wall) < 1_000_000,
+            "{} vs {wall}",
+            t1.wall_us()
+        );
+        let later = (t1 + Duration::from_secs(10)).to_instant();
+        let left = later - tokio::time::Instant::now();
+        assert!(
+            left > Duration::from_secs(9) && left <= Duration::from_secs(10),
+            "{left:?}"
+        );
+    }
+}
