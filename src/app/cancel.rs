@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::Mutex;
+use tokio::sync::Notify;
 
 /// Where a client's query is running now.
 #[derive(Clone, Copy, Debug)]
@@ -25,27 +25,47 @@ pub struct CancelTarget {
 /// The slot a client updates when it gets or gives back a server.
 #[derive(Debug, Default)]
 pub struct CancelSlot {
-    target: Mutex<Option<CancelTarget>>,
+    /// The lock is held only to read or change the state, never across an await: a client
+    /// sets its target twice per transaction, so this is a plain lock, not an async one.
+    state: parking_lot::Mutex<SlotState>,
+    /// Told when the last delivery in progress ends.
+    delivered: Notify,
     /// Told when a cancel arrives while the client has no server: a request still waiting
     /// for one is then answered with 57014 without ever running.
-    waiting: tokio::sync::Notify,
+    waiting: Notify,
+}
+
+#[derive(Debug, Default)]
+struct SlotState {
+    target: Option<CancelTarget>,
+    /// Cancels being delivered to `target` now; it cannot change until they are done.
+    delivering: u32,
 }
 
 impl CancelSlot {
+    /// Sets the target, first waiting for any cancel being delivered to finish.
     pub async fn set(&self, t: Option<CancelTarget>) {
-        *self.target.lock().await = t;
+        loop {
+            let done = self.delivered.notified();
+            tokio::pin!(done);
+            // Registered before the check, so the end of a delivery cannot slip in between.
+            done.as_mut().enable();
+            if self.try_set(t) {
+                return;
+            }
+            done.await;
+        }
     }
 
     /// Sets the target without waiting; false (nothing changed) while a cancel is being
     /// delivered, when the caller must use [`CancelSlot::set`].
     pub fn try_set(&self, t: Option<CancelTarget>) -> bool {
-        match self.target.try_lock() {
-            Ok(mut g) => {
-                *g = t;
-                true
-            }
-            Err(_) => false,
+        let mut s = self.state.lock();
+        if s.delivering > 0 {
+            return false;
         }
+        s.target = t;
+        true
     }
 
     /// Completes when a cancel arrives for this client while it has no server. Only cancels
@@ -116,15 +136,34 @@ impl CancelRegistry {
             _ => return false,
         };
         // Hold the slot while delivering: the client cannot release its server meanwhile.
-        let guard = slot.target.lock().await;
-        let Some(t) = *guard else {
-            // No server: a request waiting for one (if any) is cancelled before it runs.
-            slot.waiting.notify_waiters();
-            return false;
+        let t = {
+            let mut s = slot.state.lock();
+            let Some(t) = s.target else {
+                drop(s);
+                // No server: a request waiting for one (if any) is cancelled before it runs.
+                slot.waiting.notify_waiters();
+                return false;
+            };
+            s.delivering += 1;
+            t
         };
-        let sent = send_cancel_bounded(t, wait).await;
-        drop(guard);
-        sent
+        let _delivering = Delivering(&slot);
+        send_cancel_bounded(t, wait).await
+    }
+}
+
+/// One cancel being delivered; when the last one ends (also if its future is dropped), the
+/// client may change its target again.
+struct Delivering<'a>(&'a CancelSlot);
+
+impl Drop for Delivering<'_> {
+    fn drop(&mut self) {
+        let mut s = self.0.state.lock();
+        s.delivering -= 1;
+        if s.delivering == 0 {
+            drop(s);
+            self.0.delivered.notify_waiters();
+        }
     }
 }
 
@@ -145,4 +184,52 @@ async fn send_cancel(t: CancelTarget) -> std::io::Result<()> {
     let mut sink = [0u8; 16];
     let _ = s.read(&mut sink).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// While a cancel is on its way to the server, the client cannot change (or give up) its
+    /// target; once the server has it, the client goes on.
+    #[tokio::test]
+    async fn the_target_is_held_while_a_cancel_is_delivered() {
+        let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let registry = Arc::new(CancelRegistry::default());
+        let (pid, secret, slot) = registry.register();
+        let target = CancelTarget {
+            addr: server.local_addr().unwrap(),
+            pid: 42,
+            secret: 7,
+        };
+        assert!(slot.try_set(Some(target)));
+        let r = registry.clone();
+        let delivery =
+            tokio::spawn(async move { r.cancel(pid, secret, Some(Duration::from_secs(30))).await });
+        let (mut conn, _) = server.accept().await.unwrap();
+        let mut packet = [0u8; 16];
+        conn.read_exact(&mut packet).await.unwrap();
+        assert_eq!(&packet[8..12], &42i32.to_be_bytes(), "the server's pid");
+        // The cancel is being delivered: the client must wait.
+        assert!(!slot.try_set(None));
+        let s = slot.clone();
+        let mut release = tokio::spawn(async move { s.set(None).await });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), &mut release)
+                .await
+                .is_err(),
+            "the target changed during the delivery"
+        );
+        drop(conn); // the server closes the connection: delivered
+        assert!(delivery.await.unwrap());
+        tokio::time::timeout(Duration::from_secs(5), release)
+            .await
+            .expect("the client goes on once the cancel is delivered")
+            .unwrap();
+        assert!(slot.try_set(Some(target)));
+        // A wrong secret is not delivered and holds nothing.
+        assert!(!registry.cancel(pid, secret ^ 1, None).await);
+        assert!(slot.try_set(None));
+    }
 }

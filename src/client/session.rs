@@ -13,7 +13,7 @@ use crate::app::registry::{now_us, ClientInfo, ClientState, Wake};
 use crate::app::App;
 use crate::clock::Tick;
 use crate::config::{ClientTimeouts, PoolMode};
-use crate::insight::{SessionContext, SessionDetector};
+use crate::insight::{DbQueries, SessionContext, SessionDetector};
 use crate::net::Stream;
 use crate::net::{Conn, NetError, Taken};
 use crate::pool::{Checkout, Pool, PoolError};
@@ -186,6 +186,8 @@ struct Session<'a> {
     insight: bool,
     /// N+1 detector of this client, made at its first statement (idle clients go without).
     detector: Option<Box<SessionDetector>>,
+    /// The statistics of the client's database, once it has completed a statement.
+    queries: Option<DbQueries>,
     /// Analysis of the client's statements by name ("" = unnamed), and of its last Bind.
     analyses: HashMap<Box<[u8]>, Arc<Analysis>>,
     bound: Option<(Arc<Analysis>, u64)>,
@@ -338,6 +340,7 @@ impl<'a> Session<'a> {
             copy_in_until: None,
             insight: app.insight.config().enabled,
             detector: None,
+            queries: None,
             analyses: HashMap::new(),
             bound: None,
             notice: None,
@@ -1461,19 +1464,17 @@ impl Session<'_> {
 
     /// A timed statement finished: statistics and the detector's server time.
     fn complete(&mut self, st: Stat) {
-        let d = self.now().since(st.start);
+        let now = self.now();
+        let d = now.since(st.start);
         if let Some(det) = self.detector.as_mut() {
             det.on_complete(d);
         }
+        let insight = &self.app.insight;
+        let db = self
+            .queries
+            .get_or_insert_with(|| insight.queries_of(&self.pool.database));
         let app_name = self.params.get("application_name").unwrap_or("");
-        self.app.insight.record(
-            &self.pool.database,
-            app_name,
-            &st.analysis,
-            d,
-            st.rows,
-            st.error,
-        );
+        insight.record_to(db, app_name, &st.analysis, (d, now), st.rows, st.error);
     }
 
     /// Adds this request's counters and times to the pool's totals (once per ReadyForQuery).

@@ -19,9 +19,10 @@ pub use notice::{Notice, NOTICE_SEVERITY, NOTICE_SQLSTATE};
 pub use stats::QuerySummary;
 pub use table::Table;
 
+use crate::clock::Tick;
 use crate::sql::Analysis;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 /// Insight settings (the `[insight]` section of the configuration).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +65,9 @@ pub struct SessionContext {
     pub client_addr: String,
 }
 
+/// The per-statement statistics of one database (see [`Insight::queries_of`]).
+pub struct DbQueries(Arc<stats::DbStats>);
+
 /// Shared insight state. `&self` everywhere; put it in an `Arc`.
 pub struct Insight {
     config: InsightConfig,
@@ -94,12 +98,34 @@ impl Insight {
         rows: u64,
         error: bool,
     ) {
+        let at = Tick::now();
+        let db = self.queries_of(database);
+        self.record_to(&db, application_name, a, (duration, at), rows, error);
+    }
+
+    /// The statistics of one database, for a caller that records many statements there (a
+    /// client session): [`Insight::record_to`] then skips finding them by name.
+    pub fn queries_of(&self, database: &str) -> DbQueries {
+        DbQueries(self.stats.db(database))
+    }
+
+    /// [`Insight::record`] into `db`; `done` is the statement's duration and when it ended.
+    pub fn record_to(
+        &self,
+        db: &DbQueries,
+        application_name: &str,
+        a: &Analysis,
+        done: (Duration, Tick),
+        rows: u64,
+        error: bool,
+    ) {
         if !self.config.enabled {
             return;
         }
-        let us = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+        let us = u64::try_from(done.0.as_micros()).unwrap_or(u64::MAX);
+        let at = UNIX_EPOCH + Duration::from_micros(done.1.wall_us());
         self.stats
-            .record(database, application_name, a, us, rows, error);
+            .add(&db.0, application_name, a, us, rows, error, at);
         self.stats.maybe_sweep();
     }
 

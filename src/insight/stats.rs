@@ -83,7 +83,7 @@ impl QueryStats {
 
 type Shard = Mutex<HashMap<u64, Box<QueryStats>, crate::sql::BuildPassThrough>>;
 
-struct DbStats {
+pub(crate) struct DbStats {
     shards: Box<[Shard]>,
     other: Mutex<Option<QueryStats>>,
 }
@@ -122,7 +122,7 @@ pub struct QuerySummary {
 }
 
 pub(crate) struct QueryStore {
-    dbs: RwLock<HashMap<Box<str>, DbStats>>,
+    dbs: RwLock<HashMap<Box<str>, Arc<DbStats>>>,
     count: AtomicUsize,
     max: usize,
     sweeping: Mutex<()>,
@@ -138,26 +138,22 @@ impl QueryStore {
         }
     }
 
-    pub(crate) fn record(&self, db: &str, app: &str, a: &Analysis, us: u64, rows: u64, err: bool) {
-        let now = SystemTime::now();
-        {
-            let dbs = self.dbs.read();
-            if let Some(stats) = dbs.get(db) {
-                self.add(stats, app, a, us, rows, err, now);
-                return;
-            }
-        }
-        self.dbs
-            .write()
-            .entry(Box::from(db))
-            .or_insert_with(DbStats::new);
+    /// The statistics of database `db` (created empty if it has none yet; never removed, so
+    /// a caller may keep the handle).
+    pub(crate) fn db(&self, db: &str) -> Arc<DbStats> {
         if let Some(stats) = self.dbs.read().get(db) {
-            self.add(stats, app, a, us, rows, err, now);
+            return Arc::clone(stats);
         }
+        Arc::clone(
+            self.dbs
+                .write()
+                .entry(Box::from(db))
+                .or_insert_with(|| Arc::new(DbStats::new())),
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn add(
+    pub(crate) fn add(
         &self,
         stats: &DbStats,
         app: &str,
