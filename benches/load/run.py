@@ -524,12 +524,24 @@ log_pooler_errors = 1
     env.starters["pgbouncer"] = start
 
 
+def pgferry_settings(args) -> list[str]:
+    """The extra `[pgferry]` lines: `--pgferry-set`, and `workers = 1` unless it sets workers.
+
+    PgBouncer runs on one thread, and so does pgferry here unless told otherwise: on a
+    2-core machine that also runs PostgreSQL and pgbench, a second worker thread measured
+    22-25 % more pooler CPU per transaction at 1,000 clients (cross-thread wakeups) and no
+    gain at 20.
+    """
+    own = [s for s in args.pgferry_set if s.split("=")[0].strip() == "workers"]
+    return ([] if own else ["workers = 1"]) + list(args.pgferry_set)
+
+
 def setup_pgferry(env: Env, args, binary: Path) -> None:
     port = env.ports["pgferry"] = free_port()
     d = env.tmp / "pgferry"
     d.mkdir()
     write_userlist(d / "userlist.txt")
-    extra = "\n".join(args.pgferry_set)
+    extra = "\n".join(pgferry_settings(args))
     cfg = d / "pgferry.toml"
     cfg.write_text(f"""[pgferry]
 listen_addr = "127.0.0.1"
@@ -1228,7 +1240,9 @@ What it does, in order:
    `pgbench -i -s 10`.
 3. PgBouncer (transaction mode, `default_pool_size = 20`,
    `max_client_conn = 5000`, `auth_type = trust`) and pgferry (the same
-   settings, `metrics_addr = ""`, connection logging off), each on a free port,
+   settings, `metrics_addr = ""`, connection logging off, and `workers = 1`:
+   one thread like PgBouncer — on a 2-core machine shared with PostgreSQL and
+   pgbench a second thread cost more CPU than it gave), each on a free port,
    each a foreground child process with the same open-file limit.
 4. Idle memory: opens 4,000 idle client connections (startup + trust login up
    to ReadyForQuery, from a small Python v3-protocol client) to each pooler,
@@ -1264,7 +1278,7 @@ Options (`--help` for all):
 | `--clients LIST` | `1,20,1000` | Client counts for the `-S` workloads. |
 | `--idle-clients N` | 4000 | Idle connections for the RSS measurement; 0 skips it. |
 | `--idle-hold S` | 5 | Seconds the idle connections are held before RSS is read (longer than pgferry's `client_park_delay`). |
-| `--pgferry-set 'KEY = VALUE'` | | Extra line for pgferry's `[pgferry]` table (repeatable), e.g. `--pgferry-set 'workers = 1'`. |
+| `--pgferry-set 'KEY = VALUE'` | `workers = 1` | Extra line for pgferry's `[pgferry]` table (repeatable). Without a `workers` line the benchmark adds `workers = 1` (one thread, like PgBouncer); `--pgferry-set 'workers = 0'` runs pgferry's default (a thread per core). |
 | `--no-build` | | Use the existing `target/release/pgferry` (or `--pgferry-bin`). |
 | `--no-docs` | | Print only; do not rewrite `docs/benchmarks.md` / `.svg`. |
 | `--json FILE` | | Also write every run's raw numbers to FILE. |
@@ -1298,7 +1312,7 @@ def write_report(args, argv, info, rows, targets, rss, target_eval, notes, md_pa
              f"{args.rounds} round(s), interleaved |")
     L.append(f"| PgBouncer | {info['pgbouncer']}, transaction mode, pool size {args.pool_size} |")
     L.append(f"| pgferry | {info['pgferry']}, transaction mode, pool size {args.pool_size}"
-             + (f"; extra: `{'; '.join(args.pgferry_set)}`" if args.pgferry_set else "") + " |")
+             + f"; `{'; '.join(pgferry_settings(args))}`" + " |")
     L.append(f"| rustc | {info['rustc']} |")
     L.append("")
     L.append(f"![tps per workload]({svg_rel})\n")
