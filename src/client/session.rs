@@ -1422,9 +1422,8 @@ impl Session<'_> {
         if !self.insight {
             return None;
         }
-        let sql = std::str::from_utf8(text).ok()?;
         let h = text_hash(text);
-        Some((self.app.sql.analyze_hashed(h, sql), h))
+        Some((self.app.sql.analyze_bytes(h, text)?, h))
     }
 
     /// Feeds a statement to the N+1 detector and starts timing it.

@@ -199,12 +199,22 @@ impl SqlCache {
 
     /// As [`analyze`](Self::analyze) when the caller already has `text_hash(text)`.
     pub fn analyze_hashed(&self, hash: u64, text: &str) -> Arc<Analysis> {
-        let seen_before = match self.texts.get(hash, |s| *s.text == *text) {
-            Ok(a) => return a,
+        match self.analyze_bytes(hash, text.as_bytes()) {
+            Some(a) => a,
+            None => unreachable!("a str is UTF-8"),
+        }
+    }
+
+    /// As [`analyze_hashed`](Self::analyze_hashed) for a text straight from the wire: `None`
+    /// if it is not UTF-8. A text answered at level 1, or by a template, is not checked: it
+    /// equals a text that was, or differs from one only in ASCII digits.
+    pub fn analyze_bytes(&self, hash: u64, text: &[u8]) -> Option<Arc<Analysis>> {
+        let seen_before = match self.texts.get(hash, |s| s.text.as_bytes() == text) {
+            Ok(a) => return Some(a),
             Err(seen) => seen,
         };
         let key = match text.len() {
-            0..=MAX_TEXT_LEN => digits_masked_hash(text.as_bytes()),
+            0..=MAX_TEXT_LEN => digits_masked_hash(text),
             _ => None,
         };
         let mut make_template = false;
@@ -216,13 +226,16 @@ impl SqlCache {
                 Ok(a) => {
                     // Its literals are numbers: a one-off unless seen before.
                     if seen_before {
-                        self.remember(hash, text, &a);
+                        if let Ok(text) = std::str::from_utf8(text) {
+                            self.remember(hash, text, &a);
+                        }
                     }
-                    return a;
+                    return Some(a);
                 }
                 Err(seen) => make_template = seen,
             }
         }
+        let text = std::str::from_utf8(text).ok()?;
         // The normalized text stays in a reused buffer unless the shape is new.
         let known = with_normalized(text, |shape, normalized| {
             let fp = fingerprint_of_bytes(normalized);
@@ -256,7 +269,7 @@ impl SqlCache {
         if admit {
             self.remember(hash, text, &analysis);
         }
-        analysis
+        Some(analysis)
     }
 
     /// Memoizes `text` at level 1.

@@ -294,8 +294,8 @@ pub(crate) fn number_spans(src: &str) -> Option<Box<[(u32, u32)]>> {
 /// it neither continues a number (letter, digit, `_`) nor starts a fraction (a `.` not
 /// followed by another `.`); those bytes are the same in `text`, so there too each span is
 /// exactly one number token, and every other token covers the same bytes in both texts.
-pub(crate) fn same_but_numbers(template: &str, spans: &[(u32, u32)], text: &str) -> bool {
-    let (t, u) = (template.as_bytes(), text.as_bytes());
+pub(crate) fn same_but_numbers(template: &str, spans: &[(u32, u32)], text: &[u8]) -> bool {
+    let (t, u) = (template.as_bytes(), text);
     if t.len() != u.len() {
         return false;
     }

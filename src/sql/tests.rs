@@ -201,6 +201,41 @@ fn cache_memoizes_and_shares_shapes() {
     ));
 }
 
+/// Bytes from the wire: a text that is not UTF-8 gets no analysis (and no statistics), at
+/// any level; one that is gets the same analysis as through `analyze`, including when it is
+/// answered by a numbers template without being checked.
+#[test]
+fn wire_bytes_are_analyzed_only_when_utf8() {
+    let c = SqlCache::new(64);
+    let bytes = |t: &[u8]| c.analyze_bytes(text_hash(t), t);
+    assert!(bytes(b"select \xff").is_none());
+    assert!(bytes(b"select '\xc3'").is_none(), "a cut-off sequence");
+    let first = c.analyze("select * from t where id = 10");
+    // The second sighting of the key makes the template; the third is answered by it.
+    for t in [
+        &b"select * from t where id = 11"[..],
+        b"select * from t where id = 12",
+    ] {
+        let a = bytes(t).expect("UTF-8");
+        assert!(Arc::ptr_eq(&first, &a));
+    }
+    let before = c.stats();
+    // Same length as the template, an invalid byte where a digit was: not the template's.
+    assert!(bytes(b"select * from t where id = \xf0\x9f").is_none());
+    assert!(bytes(b"select * from t where id = 1\xff").is_none());
+    // Invalid bytes outside the numbers.
+    assert!(bytes(b"select * from \xff where id = 13").is_none());
+    let after = c.stats();
+    assert_eq!(after.shape_entries, before.shape_entries, "{after:?}");
+    let a = bytes("select * from t where id = 99".as_bytes()).expect("UTF-8");
+    assert!(Arc::ptr_eq(&first, &a));
+    let text = "select 'é' from t";
+    assert!(Arc::ptr_eq(
+        &c.analyze(text),
+        &bytes(text.as_bytes()).expect("UTF-8")
+    ));
+}
+
 #[test]
 fn literal_churn_stays_out_of_level_one() {
     let c = SqlCache::new(1024);
@@ -480,12 +515,12 @@ fn numbers_templates_are_sound() {
         }
         let numbers_only = String::from_utf8(numbers_only).unwrap();
         assert!(
-            same_but_numbers(&template, &spans, &numbers_only),
+            same_but_numbers(&template, &spans, numbers_only.as_bytes()),
             "{template:?} vs {numbers_only:?}"
         );
         // Every digit re-drawn (identifiers, strings, parameters too): accepted only when sound.
         for text in [numbers_only, redigit(&template, &mut next)] {
-            if same_but_numbers(&template, &spans, &text) {
+            if same_but_numbers(&template, &spans, text.as_bytes()) {
                 accepted += 1;
                 let got = normalize::normalize(&text);
                 assert_eq!(got.text, want.text, "{template:?} vs {text:?}");
