@@ -35,9 +35,12 @@ impl Tick {
         tokio::time::Instant::from_std(*base() + Duration::from_nanos(self.0))
     }
 
-    /// The same moment in microseconds since the UNIX epoch, for times the console shows.
-    /// The offset between the two clocks is taken once, so a later change of the system clock
-    /// does not show here (as in PgBouncer, which caches its time per loop).
+    /// The same moment in microseconds since the UNIX epoch, for the times the console shows
+    /// and the idle times compared against them ([`crate::app::registry::now_us`] reads this
+    /// too). The offset between the two clocks is taken once: a later step of the system
+    /// clock does not show here, so the interval between two readings is always true (mixing
+    /// this with `SystemTime` readings would let a step stop idle clients from parking, or
+    /// park them at once).
     pub fn wall_us(self) -> u64 {
         static BASE_US: OnceLock<u64> = OnceLock::new();
         let at_base = *BASE_US.get_or_init(|| {
@@ -85,7 +88,9 @@ mod tests {
         );
         assert_eq!(t0.since(t1), Duration::ZERO);
         assert_eq!(t0 + by_tick, t1);
-        let wall = crate::app::registry::now_us();
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
         assert!(
             t1.wall_us().abs_diff(wall) < 1_000_000,
             "{} vs {wall}",

@@ -3,12 +3,12 @@
 //! database (PAUSE / DISABLE / RECONNECT state shared by all its pools). Updated by the client
 //! tasks with relaxed atomics; read without stopping anyone.
 
+use crate::clock::Tick;
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
 /// PgBouncer's client states.
@@ -41,11 +41,10 @@ impl ClientState {
     }
 }
 
-/// Microseconds since the Unix epoch, now.
+/// Microseconds since the Unix epoch, now, from pgferry's clock ([`Tick::wall_us`]): every
+/// time pgferry stores and compares comes from one source.
 pub fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
+    Tick::now().wall_us()
 }
 
 /// One logged-in client, as the console shows it.
