@@ -40,32 +40,39 @@ struct SlotState {
     target: Option<CancelTarget>,
     /// Cancels being delivered to `target` now; it cannot change until they are done.
     delivering: u32,
+    /// A cancel was delivered to `target` since it was set.
+    hit: bool,
 }
 
 impl CancelSlot {
-    /// Sets the target, first waiting for any cancel being delivered to finish.
-    pub async fn set(&self, t: Option<CancelTarget>) {
+    /// Sets the target, first waiting for any cancel being delivered to finish. True if a
+    /// cancel was delivered to the previous target (see [`CancelSlot::try_set`]).
+    pub async fn set(&self, t: Option<CancelTarget>) -> bool {
         loop {
             let done = self.delivered.notified();
             tokio::pin!(done);
             // Registered before the check, so the end of a delivery cannot slip in between.
             done.as_mut().enable();
-            if self.try_set(t) {
-                return;
+            if let Some(hit) = self.try_set(t) {
+                return hit;
             }
             done.await;
         }
     }
 
-    /// Sets the target without waiting; false (nothing changed) while a cancel is being
-    /// delivered, when the caller must use [`CancelSlot::set`].
-    pub fn try_set(&self, t: Option<CancelTarget>) -> bool {
+    /// Sets the target without waiting; `None` (nothing changed) while a cancel is being
+    /// delivered, when the caller must use [`CancelSlot::set`]. `Some(true)` says a cancel
+    /// was delivered to the previous target while it was set: that server must not serve
+    /// another client. PostgreSQL signals a cancelled backend twice (the process and its
+    /// group), and a signal that lands after the query ended is held while the backend reads
+    /// its next message and then cancels that one.
+    pub fn try_set(&self, t: Option<CancelTarget>) -> Option<bool> {
         let mut s = self.state.lock();
         if s.delivering > 0 {
-            return false;
+            return None;
         }
         s.target = t;
-        true
+        Some(std::mem::take(&mut s.hit))
     }
 
     /// Completes when a cancel arrives for this client while it has no server. Only cancels
@@ -145,6 +152,7 @@ impl CancelRegistry {
                 return false;
             };
             s.delivering += 1;
+            s.hit = true;
             t
         };
         let _delivering = Delivering(&slot);
@@ -203,7 +211,7 @@ mod tests {
             pid: 42,
             secret: 7,
         };
-        assert!(slot.try_set(Some(target)));
+        assert_eq!(slot.try_set(Some(target)), Some(false));
         let r = registry.clone();
         let delivery =
             tokio::spawn(async move { r.cancel(pid, secret, Some(Duration::from_secs(30))).await });
@@ -212,7 +220,7 @@ mod tests {
         conn.read_exact(&mut packet).await.unwrap();
         assert_eq!(&packet[8..12], &42i32.to_be_bytes(), "the server's pid");
         // The cancel is being delivered: the client must wait.
-        assert!(!slot.try_set(None));
+        assert_eq!(slot.try_set(None), None);
         let s = slot.clone();
         let mut release = tokio::spawn(async move { s.set(None).await });
         assert!(
@@ -223,13 +231,17 @@ mod tests {
         );
         drop(conn); // the server closes the connection: delivered
         assert!(delivery.await.unwrap());
-        tokio::time::timeout(Duration::from_secs(5), release)
+        let hit = tokio::time::timeout(Duration::from_secs(5), release)
             .await
             .expect("the client goes on once the cancel is delivered")
             .unwrap();
-        assert!(slot.try_set(Some(target)));
+        assert!(
+            hit,
+            "the server the cancel went to is reported, so it is not reused"
+        );
+        assert_eq!(slot.try_set(Some(target)), Some(false));
         // A wrong secret is not delivered and holds nothing.
         assert!(!registry.cancel(pid, secret ^ 1, None).await);
-        assert!(slot.try_set(None));
+        assert_eq!(slot.try_set(None), Some(false));
     }
 }

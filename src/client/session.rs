@@ -1240,7 +1240,7 @@ impl Session<'_> {
 
     /// [`Session::attach`] without waiting; gives `c` back while a cancel is being delivered.
     fn try_attach(&mut self, c: Checkout) -> Result<(), Checkout> {
-        if !self.cancel.try_set(Some(cancel_target(&c))) {
+        if self.cancel.try_set(Some(cancel_target(&c))).is_none() {
             return Err(c);
         }
         self.linked(c);
@@ -1592,17 +1592,16 @@ impl Session<'_> {
     /// [`Session::release`] when it needs no query and no wait (the common case); false when
     /// the caller must use `release`.
     fn try_release(&mut self, now: Tick) -> bool {
-        if self.server.is_none()
-            || self.search_path_dirty
-            || self.pool.resets_always()
-            || !self.cancel.try_set(None)
-        {
+        if self.server.is_none() || self.search_path_dirty || self.pool.resets_always() {
             return false;
         }
+        let Some(cancelled) = self.cancel.try_set(None) else {
+            return false;
+        };
         if let Some(c) = self.server.take() {
             self.info.server.store(0, Ordering::Relaxed);
             self.info.set_state(ClientState::Idle);
-            c.release_at(now);
+            give_back(c, cancelled, now);
         }
         true
     }
@@ -1639,10 +1638,10 @@ impl Session<'_> {
         }
         // Clear the cancel target first: a cancel being delivered finishes before the server
         // can run anyone else's query.
-        self.cancel.set(None).await;
+        let cancelled = self.cancel.set(None).await;
         self.info.server.store(0, Ordering::Relaxed);
         self.info.set_state(ClientState::Idle);
-        c.release();
+        give_back(c, cancelled, Tick::now());
     }
 
     /// Boxed: a rare path, kept out of the size of every client's task.
@@ -1715,8 +1714,8 @@ impl Session<'_> {
         let Some(mut c) = self.server.take() else {
             return;
         };
-        self.cancel.set(None).await;
-        let clean = self.is_idle() && c.conn_ref().conn.pending_out() == 0;
+        let cancelled = self.cancel.set(None).await;
+        let clean = !cancelled && self.is_idle() && c.conn_ref().conn.pending_out() == 0;
         if !clean {
             return;
         }
@@ -1755,6 +1754,17 @@ const FRONTEND_TAGS: &[u8] = &[
 
 /// Rows reported by a CommandComplete tag (`SELECT 5`, `INSERT 0 1`, `UPDATE 3`), else 0.
 /// `t` boxed, or None when every timeout is off.
+/// Returns a clean server to the pool, unless a cancel was delivered to it while the client
+/// had it: PostgreSQL may still hold that cancel for the backend's next query (see
+/// [`CancelSlot::try_set`]), so the connection is closed instead of serving another client.
+fn give_back(c: Checkout, cancelled: bool, now: Tick) {
+    if cancelled {
+        drop(c);
+    } else {
+        c.release_at(now);
+    }
+}
+
 fn boxed_timeouts(t: ClientTimeouts) -> Option<Box<ClientTimeouts>> {
     (t != ClientTimeouts::default()).then(|| Box::new(t))
 }
