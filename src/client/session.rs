@@ -457,10 +457,9 @@ impl Session<'_> {
             if let Some(c) = self.server.as_mut() {
                 let conn = &mut c.conn().conn;
                 // Rows go to the client as they came, a run at a time.
-                let rows = conn.front_tag() == Some(tag::DATA_ROW);
-                let moved = match rows {
-                    true => conn.move_run(tag::DATA_ROW, self.client.out()),
-                    false => 0,
+                let moved = match conn.front_tag() {
+                    Some(tag::DATA_ROW) => conn.move_run(tag::DATA_ROW, self.client.out()),
+                    _ => 0,
                 };
                 if moved > 0 {
                     self.tally.bytes_out += moved as u64;

@@ -100,14 +100,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// reference counts, and the next read reuses the storage); a larger one is split off.
     pub fn take_frame(&mut self, small: &mut Vec<u8>) -> Result<Option<Taken>, FrameError> {
         match measure_frame(&self.rbuf, self.max_len)? {
-            Measured::Whole(total) if total <= COPY_UP_TO => {
+            Measured::Whole(total) => {
+                self.want = 5;
+                if total > COPY_UP_TO {
+                    let raw = self.rbuf.split_to(total).freeze();
+                    return Ok(Some(Taken::Split(Frame::from_raw(raw))));
+                }
                 small.clear();
                 small.extend_from_slice(&self.rbuf[..total]);
                 self.rbuf.advance(total);
-                self.want = 5;
                 Ok(Some(Taken::Copied))
             }
-            Measured::Whole(_) => Ok(self.try_frame()?.map(Taken::Split)),
             Measured::Incomplete { missing } => {
                 self.want = missing;
                 Ok(None)
@@ -136,16 +139,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// The tag of the (possibly incomplete) frame at the front of the buffer.
     pub fn front_tag(&self) -> Option<u8> {
         self.rbuf.first().copied()
-    }
-
-    /// True when a complete frame is waiting in the buffer.
-    pub fn has_frame(&self) -> bool {
-        if self.rbuf.len() < 5 {
-            return false;
-        }
-        let len = i32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]);
-        // Invalid lengths count as "ready" so the caller's try_frame reports the error.
-        usize::try_from(len).map_or(true, |l| l < 4 || self.rbuf.len() > l)
     }
 
     /// Reads more bytes into the buffer. Cancel-safe: nothing is lost if the future is dropped.
