@@ -1751,8 +1751,6 @@ const FRONTEND_TAGS: &[u8] = &[
     tag::FUNCTION_CALL,
 ];
 
-/// Rows reported by a CommandComplete tag (`SELECT 5`, `INSERT 0 1`, `UPDATE 3`), else 0.
-/// `t` boxed, or None when every timeout is off.
 /// Returns a clean server to the pool, unless a cancel was delivered to it while the client
 /// had it: PostgreSQL may still hold that cancel for the backend's next query (see
 /// [`CancelSlot::try_set`]), so the connection is closed instead of serving another client.
@@ -1764,6 +1762,7 @@ fn give_back(c: Checkout, cancelled: bool, now: Tick) {
     }
 }
 
+/// `t` boxed, or None when every timeout is off.
 fn boxed_timeouts(t: ClientTimeouts) -> Option<Box<ClientTimeouts>> {
     (t != ClientTimeouts::default()).then(|| Box::new(t))
 }
@@ -1777,6 +1776,7 @@ fn cancel_target(c: &Checkout) -> CancelTarget {
     }
 }
 
+/// Rows reported by a CommandComplete tag (`SELECT 5`, `INSERT 0 1`, `UPDATE 3`), else 0.
 fn tag_rows(t: &[u8]) -> u64 {
     let last = t.rsplit(|b| *b == b' ').next().unwrap_or_default();
     std::str::from_utf8(last)
