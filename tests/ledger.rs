@@ -400,11 +400,15 @@ async fn cross_talk_client(
                 let direct = direct.clone();
                 let marker = format!("%-- {tag}");
                 let canceller = tokio::spawn(async move {
+                    // Sleeping, not just `active`: an extended-protocol query shows as active
+                    // from its Parse on, and PostgreSQL drops a cancel that lands while the
+                    // backend is still reading the Bind or Execute.
                     loop {
                         let n: i64 = direct
                             .query_one(
                                 "SELECT count(*) FROM pg_stat_activity \
-                                 WHERE state = 'active' AND query LIKE $1",
+                                 WHERE state = 'active' AND wait_event = 'PgSleep' \
+                                 AND query LIKE $1",
                                 &[&marker],
                             )
                             .await

@@ -8,6 +8,7 @@ use crate::protocol::build;
 use bytes::BytesMut;
 use dashmap::DashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,6 +29,10 @@ pub struct CancelSlot {
     /// The lock is held only to read or change the state, never across an await: a client
     /// sets its target twice per transaction, so this is a plain lock, not an async one.
     state: parking_lot::Mutex<SlotState>,
+    /// A cancel was delivered to the target since it was set. Changed only with `state`
+    /// locked, so [`CancelSlot::try_set`] reports each hit once; read without the lock by
+    /// [`CancelSlot::was_hit`].
+    hit: AtomicBool,
     /// Told when the last delivery in progress ends.
     delivered: Notify,
     /// Told when a cancel arrives while the client has no server: a request still waiting
@@ -40,8 +45,6 @@ struct SlotState {
     target: Option<CancelTarget>,
     /// Cancels being delivered to `target` now; it cannot change until they are done.
     delivering: u32,
-    /// A cancel was delivered to `target` since it was set.
-    hit: bool,
 }
 
 impl CancelSlot {
@@ -72,7 +75,13 @@ impl CancelSlot {
             return None;
         }
         s.target = t;
-        Some(std::mem::take(&mut s.hit))
+        Some(self.hit.swap(false, Ordering::AcqRel))
+    }
+
+    /// A cancel was (or is being) delivered to the current target. Set before the cancel
+    /// leaves pgferry, so a reply that the cancel caused is never read before this is true.
+    pub fn was_hit(&self) -> bool {
+        self.hit.load(Ordering::Acquire)
     }
 
     /// Completes when a cancel arrives for this client while it has no server. Only cancels
@@ -152,7 +161,7 @@ impl CancelRegistry {
                 return false;
             };
             s.delivering += 1;
-            s.hit = true;
+            slot.hit.store(true, Ordering::Release);
             t
         };
         let _delivering = Delivering(&slot);
@@ -212,6 +221,7 @@ mod tests {
             secret: 7,
         };
         assert_eq!(slot.try_set(Some(target)), Some(false));
+        assert!(!slot.was_hit());
         let r = registry.clone();
         let delivery =
             tokio::spawn(async move { r.cancel(pid, secret, Some(Duration::from_secs(30))).await });
@@ -220,6 +230,10 @@ mod tests {
         conn.read_exact(&mut packet).await.unwrap();
         assert_eq!(&packet[8..12], &42i32.to_be_bytes(), "the server's pid");
         // The cancel is being delivered: the client must wait.
+        assert!(
+            slot.was_hit(),
+            "the hit shows before the server has the cancel"
+        );
         assert_eq!(slot.try_set(None), None);
         let s = slot.clone();
         let mut release = tokio::spawn(async move { s.set(None).await });
@@ -239,6 +253,7 @@ mod tests {
             hit,
             "the server the cancel went to is reported, so it is not reused"
         );
+        assert!(!slot.was_hit(), "a hit is reported once");
         assert_eq!(slot.try_set(Some(target)), Some(false));
         // A wrong secret is not delivered and holds nothing.
         assert!(!registry.cancel(pid, secret ^ 1, None).await);

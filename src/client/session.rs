@@ -482,7 +482,12 @@ impl Session<'_> {
                     }
                 }
             }
-            match self.client.try_frame() {
+            let hold = self.holds_client();
+            match if hold {
+                Ok(None)
+            } else {
+                self.client.try_frame()
+            } {
                 Ok(Some(f)) => {
                     if let Flow::Exit = self.on_client_frame(f).await? {
                         return Ok(End::Closed);
@@ -574,8 +579,10 @@ impl Session<'_> {
                             return Ready(Event::Server(r));
                         }
                     }
-                    if let Ready(r) = client.as_mut().poll(cx) {
-                        return Ready(Event::Client(r));
+                    if !hold {
+                        if let Ready(r) = client.as_mut().poll(cx) {
+                            return Ready(Event::Client(r));
+                        }
                     }
                     if !server_first {
                         if let Ready(r) = server.as_mut().poll(cx) {
@@ -704,6 +711,22 @@ impl Session<'_> {
         build::error(self.client.out(), Severity::Fatal, "08P01", which.name());
         self.client.flush().await?;
         Err(ClientError::Refused(which.name().to_owned()))
+    }
+
+    /// True while the client's next requests must wait: its server answered a request with
+    /// an error after a cancel went to it, and will reach ReadyForQuery without more input
+    /// from the client. PostgreSQL may still hold that cancel (see
+    /// [`CancelSlot::try_set`]), and a request sent to the backend now would be cancelled
+    /// too. Once the ReadyForQuery is in, the client outside a transaction gives the server
+    /// back (it is closed) and its next request runs on another; inside a transaction, or in
+    /// session mode, the client keeps the server as it would with PostgreSQL itself.
+    fn holds_client(&self) -> bool {
+        self.errored
+            && self.mode != PoolMode::Session
+            && !self.unsynced
+            && self.copy_in_until.is_none()
+            && self.server.is_some()
+            && self.cancel.was_hit()
     }
 
     /// No request outstanding and no transaction open.
