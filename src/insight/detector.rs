@@ -28,6 +28,8 @@ const MAX_THRESHOLD: u32 = 1024;
 #[derive(Default)]
 struct Burst {
     event: Option<Arc<Mutex<PatternEvent>>>,
+    /// Its detection was logged, so its end is too (see `EventLog::may_log`).
+    logged: bool,
     /// `count` already added to the totals.
     reported: u64,
 }
@@ -194,6 +196,7 @@ impl SessionDetector {
         );
         let mut burst = Burst {
             event: None,
+            logged: false,
             reported: run.count,
         };
         self.cooldowns.retain(|c| c.2 > now);
@@ -228,20 +231,27 @@ impl SessionDetector {
             open: true,
         };
         update(&mut ev, run);
-        tracing::warn!(
-            kind = kind.as_str(),
-            database = &*ev.database,
-            user = &*ev.user,
-            application_name = &*ev.application_name,
-            client_addr = &*ev.client_addr,
-            fingerprint = %format_args!("{fp:016x}"),
-            statement = &*ev.statement,
-            source = ev.source.as_deref().unwrap_or(""),
-            count = ev.count,
-            distinct_params = ev.distinct_params,
-            span_ms = ev.span.as_millis() as u64,
-            "query pattern detected"
-        );
+        let unlogged = self
+            .log
+            .may_log(&ctx.database, fp, kind, now, self.cooldown);
+        burst.logged = unlogged.is_some();
+        if let Some(unlogged) = unlogged {
+            tracing::warn!(
+                kind = kind.as_str(),
+                database = &*ev.database,
+                user = &*ev.user,
+                application_name = &*ev.application_name,
+                client_addr = &*ev.client_addr,
+                fingerprint = %format_args!("{fp:016x}"),
+                statement = &*ev.statement,
+                source = ev.source.as_deref().unwrap_or(""),
+                count = ev.count,
+                distinct_params = ev.distinct_params,
+                span_ms = ev.span.as_millis() as u64,
+                unlogged,
+                "query pattern detected"
+            );
+        }
         let notice = notice_for(&ev, run.analysis.lookup.as_ref());
         burst.event = Some(self.log.push(ev));
         run.bursts[kind as usize] = Some(burst);
@@ -277,16 +287,18 @@ impl SessionDetector {
                 let mut e = e.lock();
                 update(&mut e, &run);
                 e.open = false;
-                tracing::info!(
-                    kind = kind.as_str(),
-                    database = &*e.database,
-                    user = &*e.user,
-                    fingerprint = %format_args!("{fp:016x}"),
-                    count = e.count,
-                    span_ms = e.span.as_millis() as u64,
-                    server_time_ms = e.server_time.as_millis() as u64,
-                    "query pattern ended"
-                );
+                if b.logged {
+                    tracing::info!(
+                        kind = kind.as_str(),
+                        database = &*e.database,
+                        user = &*e.user,
+                        fingerprint = %format_args!("{fp:016x}"),
+                        count = e.count,
+                        span_ms = e.span.as_millis() as u64,
+                        server_time_ms = e.server_time.as_millis() as u64,
+                        "query pattern ended"
+                    );
+                }
             }
         }
         run.recent.clear();

@@ -3,6 +3,7 @@
 //! totals (`SHOW N_PLUS_ONE_TOTALS`) and the per-(database, user) counters exported to
 //! Prometheus. Touched only when a burst is detected, continues or ends — never per query.
 
+use crate::clock::Tick;
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -75,6 +76,8 @@ pub struct PatternTotals {
 
 /// (database, user) of a counter.
 type DbUser = (Arc<str>, Arc<str>);
+/// (database, fingerprint, kind) of a log limit.
+type Pattern = (Arc<str>, u64, PatternKind);
 
 pub(crate) struct EventLog {
     ring: Mutex<VecDeque<Arc<Mutex<PatternEvent>>>>,
@@ -82,6 +85,9 @@ pub(crate) struct EventLog {
     next_id: AtomicU64,
     totals: Mutex<HashMap<(Arc<str>, u64), PatternTotals>>,
     counters: Mutex<HashMap<DbUser, [u64; 2]>>,
+    /// When the WARN line of a (database, fingerprint, kind) may next be written, and the
+    /// bursts not logged since the last one: shared by every client.
+    logged: Mutex<HashMap<Pattern, (Tick, u64)>>,
 }
 
 impl EventLog {
@@ -92,6 +98,7 @@ impl EventLog {
             next_id: AtomicU64::new(1),
             totals: Mutex::new(HashMap::new()),
             counters: Mutex::new(HashMap::new()),
+            logged: Mutex::new(HashMap::new()),
         }
     }
 
@@ -108,6 +115,37 @@ impl EventLog {
         }
         ring.push_back(Arc::clone(&e));
         e
+    }
+
+    /// Whether a burst detected at `now` gets its log lines: the first burst of a
+    /// (database, fingerprint, kind) does, and then the first after `cooldown` has passed,
+    /// whichever client it comes from, so a thousand clients running one pattern write one
+    /// line per cooldown, not one each. `Some(n)`: log it, `n` bursts went unlogged since the
+    /// last line. Events, notices and counters are not limited.
+    pub(crate) fn may_log(
+        &self,
+        db: &Arc<str>,
+        fingerprint: u64,
+        kind: PatternKind,
+        now: Tick,
+        cooldown: Duration,
+    ) -> Option<u64> {
+        let mut m = self.logged.lock();
+        if m.len() >= TOTALS_MAX {
+            m.retain(|_, (until, _)| *until > now);
+            if m.len() >= TOTALS_MAX {
+                m.clear();
+            }
+        }
+        let (until, skipped) = m
+            .entry((Arc::clone(db), fingerprint, kind))
+            .or_insert((now, 0));
+        if *until > now {
+            *skipped += 1;
+            return None;
+        }
+        *until = now + cooldown;
+        Some(std::mem::take(skipped))
     }
 
     /// Counts a detected burst (also those suppressed by the cooldown).
