@@ -8,7 +8,6 @@ use crate::protocol::build;
 use bytes::BytesMut;
 use dashmap::DashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,10 +28,6 @@ pub struct CancelSlot {
     /// The lock is held only to read or change the state, never across an await: a client
     /// sets its target twice per transaction, so this is a plain lock, not an async one.
     state: parking_lot::Mutex<SlotState>,
-    /// A cancel was delivered to the target since it was set. Changed only with `state`
-    /// locked, so [`CancelSlot::try_set`] reports each hit once; read without the lock by
-    /// [`CancelSlot::was_hit`].
-    hit: AtomicBool,
     /// Told when the last delivery in progress ends.
     delivered: Notify,
     /// Told when a cancel arrives while the client has no server: a request still waiting
@@ -45,6 +40,8 @@ struct SlotState {
     target: Option<CancelTarget>,
     /// Cancels being delivered to `target` now; it cannot change until they are done.
     delivering: u32,
+    /// A cancel was delivered (or is being delivered) to `target` since it was set.
+    hit: bool,
 }
 
 impl CancelSlot {
@@ -75,13 +72,14 @@ impl CancelSlot {
             return None;
         }
         s.target = t;
-        Some(self.hit.swap(false, Ordering::AcqRel))
+        Some(std::mem::take(&mut s.hit))
     }
 
     /// A cancel was (or is being) delivered to the current target. Set before the cancel
     /// leaves pgferry, so a reply that the cancel caused is never read before this is true.
+    /// Asked only after the server reported an error, not per message.
     pub fn was_hit(&self) -> bool {
-        self.hit.load(Ordering::Acquire)
+        self.state.lock().hit
     }
 
     /// Completes when a cancel arrives for this client while it has no server. Only cancels
@@ -161,7 +159,7 @@ impl CancelRegistry {
                 return false;
             };
             s.delivering += 1;
-            slot.hit.store(true, Ordering::Release);
+            s.hit = true;
             t
         };
         let _delivering = Delivering(&slot);

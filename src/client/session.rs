@@ -483,11 +483,12 @@ impl Session<'_> {
                 }
             }
             let hold = self.holds_client();
-            match if hold {
+            let frame = if hold {
                 Ok(None)
             } else {
                 self.client.try_frame()
-            } {
+            };
+            match frame {
                 Ok(Some(f)) => {
                     if let Flow::Exit = self.on_client_frame(f).await? {
                         return Ok(End::Closed);
