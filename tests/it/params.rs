@@ -4,9 +4,8 @@
 //! `options=-c …`) reach whichever server a client is given, in every pool mode, and never
 //! leak to another client; ignore_startup_parameters drops what it lists.
 
-mod common;
-#[path = "support/raw.rs"]
-mod raw;
+use crate::common;
+use crate::support::raw;
 
 use common::*;
 use pgferry::config::{AuthType, PoolMode};

@@ -2,7 +2,7 @@
 //! Server failures behind pgferry: backends terminated between and during queries, a
 //! PostgreSQL restart under load, and PostgreSQL being down when pgferry starts.
 
-mod common;
+use crate::common;
 
 use common::*;
 use pgferry::config::PoolMode;

@@ -5,9 +5,8 @@
 //! query is not mistaken for an idle client. Also: session mode hands out the server's own
 //! BackendKeyData.
 
-mod common;
-#[path = "support/raw.rs"]
-mod raw;
+use crate::common;
+use crate::support::raw;
 
 use common::*;
 use pgferry::config::{AuthType, PoolMode};

@@ -4,9 +4,8 @@
 //! `so_reuseport` under a pgbench rolling restart, and the shutdown signals (SIGTERM = SHUTDOWN
 //! WAIT_FOR_CLIENTS, a second signal = immediate, the admin command on the same path).
 
-mod common;
-#[path = "support/process.rs"]
-mod process;
+use crate::common;
+use crate::support::process;
 
 use common::*;
 use pgferry::config::PoolMode;

@@ -3,9 +3,8 @@
 //! min_pool_size, max_db_connections and max_user_connections across pools, and the client
 //! caps max_db_client_connections / max_user_client_connections.
 
-mod common;
-#[path = "support/peak.rs"]
-mod peak;
+use crate::common;
+use crate::support::peak;
 
 use common::*;
 use peak::{count, sleep_all, Peak};

@@ -1,9 +1,8 @@
 //! Session pooling (a client keeps one server for its whole life; the server is reset before
 //! the next client gets it) and statement pooling (transaction blocks refused).
 
-mod common;
-#[path = "support/raw.rs"]
-mod raw;
+use crate::common;
+use crate::support::raw;
 
 use common::*;
 use futures_util::StreamExt;

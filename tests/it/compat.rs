@@ -2,9 +2,8 @@
 //! Settings carried over from PgBouncer: per-database connect_query and startup parameters,
 //! the login and queueing notices, and the process-level pidfile / logfile / warnings.
 
-mod common;
-#[path = "support/process.rs"]
-mod process;
+use crate::common;
+use crate::support::process;
 
 use common::*;
 use futures_util::StreamExt;

@@ -3,13 +3,10 @@
 //! connected (growing and shrinking), an invalid file changes nothing, a removed database
 //! disconnects its clients, and a changed server port moves the pool's server connections.
 
-mod common;
-#[path = "support/forward.rs"]
-mod forward;
-#[path = "support/peak.rs"]
-mod peak;
-#[path = "support/process.rs"]
-mod process;
+use crate::common;
+use crate::support::forward;
+use crate::support::peak;
+use crate::support::process;
 
 use common::*;
 use forward::Forward;

@@ -5,11 +5,9 @@
 //! (simple and extended protocol, prepared statements, cancels, errors) whose results name
 //! the client that asked; nobody ever receives another client's rows.
 
-mod common;
-#[path = "support/leaks.rs"]
-mod leaks;
-#[path = "support/relay.rs"]
-mod relay;
+use crate::common;
+use crate::support::leaks;
+use crate::support::relay;
 
 use common::*;
 use leaks::Probe;

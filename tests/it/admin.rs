@@ -3,7 +3,7 @@
 //! counters after a scripted workload, client states, PAUSE/RESUME under load, RECONNECT,
 //! DISABLE, KILL, access control, RELOAD and SET.
 
-mod common;
+use crate::common;
 
 use common::*;
 use pgferry::config::{Config, PoolMode};

@@ -3,9 +3,8 @@
 //! most verbose level), metrics bound to loopback unless configured otherwise, and failed
 //! logins visible in metrics. (The console refusing non-admin users is in tests/admin.rs.)
 
-mod common;
-#[path = "support/process.rs"]
-mod process;
+use crate::common;
+use crate::support::process;
 
 use common::*;
 use pgferry::config::{AuthType, Config, PoolMode};

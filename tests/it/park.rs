@@ -3,7 +3,7 @@
 //! statements, parameters, cancel key, place in SHOW CLIENTS), resumes on its next request,
 //! and can still be killed, shut down or hang up while parked.
 
-mod common;
+use crate::common;
 
 use common::*;
 use pgferry::config::{Config, PoolMode};

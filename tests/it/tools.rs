@@ -1,7 +1,7 @@
 //! Real PostgreSQL client programs through pgferry: pgbench (simple, extended and prepared
 //! protocol, 50 clients, transaction mode) and psql (COPY via \copy, multi-statement scripts).
 
-mod common;
+use crate::common;
 
 use common::*;
 use pgferry::config::PoolMode;

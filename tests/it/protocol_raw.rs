@@ -2,9 +2,8 @@
 //! negotiation, malformed startup packets) and transaction-mode named prepared statements
 //! driven with hand-built Parse/Bind/Describe/Execute/Close/Sync messages.
 
-mod common;
-#[path = "support/raw.rs"]
-mod raw;
+use crate::common;
+use crate::support::raw;
 
 use common::*;
 use pgferry::config::{AuthType, PoolMode};

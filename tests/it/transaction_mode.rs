@@ -2,7 +2,7 @@
 //! Transaction pooling against a real PostgreSQL: protocol coverage, prepared statements
 //! across server connections, pool bounds, parameter isolation, waits and limits, cancel.
 
-mod common;
+use crate::common;
 
 use common::*;
 use pgferry::config::PoolMode;

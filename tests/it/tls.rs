@@ -6,7 +6,7 @@
 //! its own client certificate) and refusing untrusted servers; startup errors for bad files.
 //! Certificates are generated with rcgen for each run.
 
-mod common;
+use crate::common;
 
 use common::*;
 use pgferry::app::{self, Running};

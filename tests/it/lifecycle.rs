@@ -3,9 +3,8 @@
 //! SIGQUIT, `check-config`, and
 //! `--upstream` without a configuration file.
 
-mod common;
-#[path = "support/process.rs"]
-mod process;
+use crate::common;
+use crate::support::process;
 
 use common::*;
 use process::Ferry;

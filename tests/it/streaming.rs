@@ -2,9 +2,8 @@
 //! Bulk data through pgferry: COPY in both directions (and failed COPY), and a large result
 //! streamed without pgferry buffering it.
 
-mod common;
-#[path = "support/process.rs"]
-mod process;
+use crate::common;
+use crate::support::process;
 
 use bytes::Bytes;
 use common::*;

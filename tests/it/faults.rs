@@ -4,15 +4,11 @@
 //! the pool is checked from both sides (tests/support/leaks.rs): no dirty or leaked server
 //! connection. Scenarios already covered elsewhere are listed in docs/reliability.md.
 
-mod common;
-#[path = "support/leaks.rs"]
-mod leaks;
-#[path = "support/process.rs"]
-mod process;
-#[path = "support/raw.rs"]
-mod raw;
-#[path = "support/relay.rs"]
-mod relay;
+use crate::common;
+use crate::support::leaks;
+use crate::support::process;
+use crate::support::raw;
+use crate::support::relay;
 
 use bytes::Bytes;
 use common::*;

@@ -2,9 +2,8 @@
 //! and extended-protocol error recovery. Each case checks the offender is told (08P01) and
 //! cut off while other clients' sessions carry on and pgferry keeps accepting logins.
 
-mod common;
-#[path = "support/raw.rs"]
-mod raw;
+use crate::common;
+use crate::support::raw;
 
 use common::*;
 use pgferry::config::{AuthType, Config, PoolMode};

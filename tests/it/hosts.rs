@@ -2,9 +2,8 @@
 //! Reaching servers that fail: server_login_retry spaces out attempts while clients wait, and a
 //! database with several hosts skips a dead one instead of paying for it on every connection.
 
-mod common;
-#[path = "support/forward.rs"]
-mod forward;
+use crate::common;
+use crate::support::forward;
 
 use common::*;
 use forward::Forward;

@@ -4,13 +4,10 @@
 //! non-UTF-8 names and query text, and wrong message types during authentication and COPY.
 //! Each offender gets an error and a close; everyone else keeps being served.
 
-mod common;
-#[path = "support/leaks.rs"]
-mod leaks;
-#[path = "support/process.rs"]
-mod process;
-#[path = "support/raw.rs"]
-mod raw;
+use crate::common;
+use crate::support::leaks;
+use crate::support::process;
+use crate::support::raw;
 
 use common::*;
 use leaks::Probe;

@@ -2,7 +2,7 @@
 //! Query insight through a real proxy: N+1 bursts and duplicates attributed to the right
 //! client in transaction mode, simple and extended protocol, the opt-in NOTICE, statistics.
 
-mod common;
+use crate::common;
 
 use common::*;
 use futures_util::StreamExt;
