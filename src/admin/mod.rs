@@ -96,7 +96,14 @@ pub async fn serve(
         .stream()
         .peer_addr()
         .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-    let info = app.register_client(peer, conn.stream().local_addr(), user, DATABASES[0], "");
+    let info = app.register_client(
+        peer,
+        conn.stream().local_addr(),
+        user,
+        DATABASES[0],
+        "",
+        None,
+    );
     let _listed = Listed(app, info.id);
     welcome(conn.out());
     conn.flush().await?;

@@ -15,7 +15,7 @@ use crate::server::{ServerPassword, ServerTarget};
 use arc_swap::ArcSwap;
 use cancel::CancelRegistry;
 use dashmap::DashMap;
-use registry::{ClientInfo, DbControl};
+use registry::{ClientCap, ClientInfo, ClientTally, DbControl};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -58,6 +58,22 @@ pub struct Counters {
     pub peak_clients: AtomicUsize,
 }
 
+/// A client's place under the client caps, taken by [`App::admit_client`] while it logs in.
+/// Dropped before [`App::register_client`] took it over, it gives the place back.
+pub struct Admission {
+    app: Option<Arc<App>>,
+    db: Box<str>,
+    user: Box<str>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if let Some(app) = self.app.take() {
+            app.client_tally.remove(&self.db, &self.user);
+        }
+    }
+}
+
 /// Shared state of one running instance.
 pub struct App {
     pub config: ArcSwap<Config>,
@@ -75,6 +91,8 @@ pub struct App {
     pub cancels: CancelRegistry,
     /// Logged-in clients, by id (SHOW CLIENTS, KILL_CLIENT).
     pub client_list: DashMap<u64, Arc<ClientInfo>>,
+    /// Clients per database and per user, admitted or logged in (the client caps).
+    pub client_tally: ClientTally,
     next_client_id: AtomicU64,
     /// PAUSE / DISABLE / RECONNECT state per database.
     pub db_controls: DashMap<String, Arc<DbControl>>,
@@ -130,6 +148,7 @@ impl App {
             pools: DashMap::new(),
             cancels: CancelRegistry::default(),
             client_list: DashMap::new(),
+            client_tally: ClientTally::default(),
             next_client_id: AtomicU64::new(1),
             db_controls: DashMap::new(),
             clients: AtomicUsize::new(0),
@@ -298,33 +317,26 @@ impl App {
         Some(target)
     }
 
-    /// Logged-in clients of database `db` and of user `user` now.
-    pub fn client_counts(&self, db: &str, user: &str) -> (usize, usize) {
-        self.client_list.iter().fold((0, 0), |(d, u), c| {
-            (
-                d + usize::from(&*c.database == db),
-                u + usize::from(&*c.user == user),
-            )
-        })
-    }
-
-    /// The refusal for a new client of `db` as `user` when max_db_client_connections or
-    /// max_user_client_connections is reached.
-    pub fn client_limit_reached(&self, db: &str, user: &str) -> Option<&'static str> {
+    /// Admits a client of `db` as `user` under max_db_client_connections and
+    /// max_user_client_connections, or says which cap refuses it. The place is taken now,
+    /// before the rest of the login: logins at the same time see each other. It is the
+    /// client's once registered ([`App::register_client`]) and comes back when the client is
+    /// unregistered, or when the [`Admission`] is dropped (a login that failed after this).
+    pub fn admit_client(self: &Arc<Self>, db: &str, user: &str) -> Result<Admission, &'static str> {
         let cfg = self.config.load();
         let max_db = cfg.max_db_client_connections_for(db) as usize;
         let max_user = cfg.max_user_client_connections_for(user) as usize;
-        if max_db == 0 && max_user == 0 {
-            return None;
+        match self.client_tally.try_add(db, user, max_db, max_user) {
+            Ok(()) => Ok(Admission {
+                app: Some(Arc::clone(self)),
+                db: db.into(),
+                user: user.into(),
+            }),
+            Err(ClientCap::Db) => Err("no more connections allowed (max_db_client_connections)"),
+            Err(ClientCap::User) => {
+                Err("no more connections allowed (max_user_client_connections)")
+            }
         }
-        let (n_db, n_user) = self.client_counts(db, user);
-        if max_db > 0 && n_db >= max_db {
-            return Some("no more connections allowed (max_db_client_connections)");
-        }
-        if max_user > 0 && n_user >= max_user {
-            return Some("no more connections allowed (max_user_client_connections)");
-        }
-        None
     }
 
     /// The control state of a database (created on first use).
@@ -340,7 +352,16 @@ impl App {
         user: &str,
         database: &str,
         application_name: &str,
+        admission: Option<Admission>,
     ) -> Arc<ClientInfo> {
+        match admission {
+            // The admitted place becomes the client's; `unregister_client` gives it back.
+            Some(mut a) if *a.db == *database && *a.user == *user => a.app = None,
+            other => {
+                drop(other);
+                self.client_tally.add(database, user);
+            }
+        }
         let id = self.next_client_id.fetch_add(1, Ordering::Relaxed);
         let info = Arc::new(ClientInfo::new(
             id,
@@ -355,7 +376,9 @@ impl App {
     }
 
     pub fn unregister_client(&self, id: u64) {
-        self.client_list.remove(&id);
+        if let Some((_, info)) = self.client_list.remove(&id) {
+            self.client_tally.remove(&info.database, &info.user);
+        }
     }
 
     /// A receiver that turns true when shutdown begins.

@@ -337,3 +337,114 @@ impl DbControl {
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 }
+
+/// Clients per database and per user: those logged in and those admitted and still logging
+/// in. What max_db_client_connections and max_user_client_connections are checked against;
+/// a check and the place it grants are one step under the lock, so logins that run at the
+/// same time cannot all pass a cap that only one more fits under.
+#[derive(Default)]
+pub struct ClientTally {
+    counts: Mutex<TallyCounts>,
+}
+
+#[derive(Default)]
+struct TallyCounts {
+    db: std::collections::HashMap<Box<str>, usize>,
+    user: std::collections::HashMap<Box<str>, usize>,
+}
+
+/// Which cap refused a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCap {
+    Db,
+    User,
+}
+
+impl ClientTally {
+    /// Takes a place for a client of `db` as `user` unless that would pass `max_db` or
+    /// `max_user` (0: no cap).
+    pub fn try_add(
+        &self,
+        db: &str,
+        user: &str,
+        max_db: usize,
+        max_user: usize,
+    ) -> Result<(), ClientCap> {
+        let mut c = self.counts.lock();
+        if max_db > 0 && c.db.get(db).copied().unwrap_or(0) >= max_db {
+            return Err(ClientCap::Db);
+        }
+        if max_user > 0 && c.user.get(user).copied().unwrap_or(0) >= max_user {
+            return Err(ClientCap::User);
+        }
+        bump(&mut c.db, db);
+        bump(&mut c.user, user);
+        Ok(())
+    }
+
+    /// Takes a place without a cap (admin console clients).
+    pub fn add(&self, db: &str, user: &str) {
+        let mut c = self.counts.lock();
+        bump(&mut c.db, db);
+        bump(&mut c.user, user);
+    }
+
+    /// Gives back a place taken by [`ClientTally::try_add`] or [`ClientTally::add`].
+    pub fn remove(&self, db: &str, user: &str) {
+        let mut c = self.counts.lock();
+        drop_one(&mut c.db, db);
+        drop_one(&mut c.user, user);
+    }
+
+    /// Clients of database `db` and of user `user` now.
+    pub fn counts(&self, db: &str, user: &str) -> (usize, usize) {
+        let c = self.counts.lock();
+        (
+            c.db.get(db).copied().unwrap_or(0),
+            c.user.get(user).copied().unwrap_or(0),
+        )
+    }
+}
+
+fn bump(m: &mut std::collections::HashMap<Box<str>, usize>, key: &str) {
+    match m.get_mut(key) {
+        Some(n) => *n += 1,
+        None => {
+            m.insert(key.into(), 1);
+        }
+    }
+}
+
+/// One fewer under `key`; the entry goes at zero, so names no client uses take no memory.
+fn drop_one(m: &mut std::collections::HashMap<Box<str>, usize>, key: &str) {
+    if let Some(n) = m.get_mut(key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            m.remove(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tally_tests {
+    use super::*;
+
+    #[test]
+    fn caps_count_admitted_clients_and_places_come_back() {
+        let t = ClientTally::default();
+        assert_eq!(t.try_add("shop", "app", 2, 0), Ok(()));
+        assert_eq!(t.try_add("shop", "bob", 2, 0), Ok(()));
+        assert_eq!(t.try_add("shop", "carl", 2, 0), Err(ClientCap::Db));
+        assert_eq!(t.try_add("blog", "app", 0, 1), Err(ClientCap::User));
+        assert_eq!(t.counts("shop", "app"), (2, 1));
+        t.remove("shop", "app");
+        assert_eq!(t.try_add("blog", "app", 0, 1), Ok(()));
+        t.add("pgbouncer", "app"); // the console is counted, never refused
+        assert_eq!(t.counts("pgbouncer", "app"), (1, 2));
+        for (db, user) in [("shop", "bob"), ("blog", "app"), ("pgbouncer", "app")] {
+            t.remove(db, user);
+        }
+        assert_eq!(t.counts("shop", "app"), (0, 0));
+        assert!(t.counts.lock().db.is_empty() && t.counts.lock().user.is_empty());
+    }
+}

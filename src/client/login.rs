@@ -6,7 +6,7 @@ use super::params::ClientParams;
 use super::{refuse, ClientError};
 use crate::admin::{self, AdminRole};
 use crate::app::cancel::CancelSlot;
-use crate::app::App;
+use crate::app::{Admission, App};
 use crate::auth::{self, ScramKeys, ScramServer, Secret, ServerCredentials};
 use crate::config::AuthType;
 use crate::config::PoolMode;
@@ -32,6 +32,8 @@ pub struct Login {
     pub params: ClientParams,
     pub pid: i32,
     pub cancel: Arc<CancelSlot>,
+    /// The client's place under the client caps, until it is registered.
+    pub admission: Option<Admission>,
 }
 
 /// Where a successful login leads.
@@ -150,9 +152,10 @@ async fn startup(
         };
         return Ok(Some(Outcome::Admin { user, role }));
     }
-    if let Some(why) = app.client_limit_reached(&database, &user) {
-        return refuse(conn, "53300", why).await.map(|_| None);
-    }
+    let admission = match app.admit_client(&database, &user) {
+        Ok(a) => a,
+        Err(why) => return refuse(conn, "53300", why).await.map(|_| None),
+    };
     let Some(pool) = app.pool(&database, &user) else {
         app.counters.login_failures.fetch_add(1, Ordering::Relaxed);
         return refuse(
@@ -238,6 +241,7 @@ async fn startup(
         params,
         pid,
         cancel,
+        admission: Some(admission),
     }))))
 }
 

@@ -135,7 +135,7 @@ fn session_for<'a>(
 ) -> impl std::future::Future<Output = Result<Option<session::Parked>, ClientError>> + Send + 'a {
     async move {
         // The login future (SCRAM state and all) is boxed so it is freed once the client is in.
-        let login = match Box::pin(login::login(app, conn, peer, count)).await? {
+        let mut login = match Box::pin(login::login(app, conn, peer, count)).await? {
             Some(login::Outcome::Session(login)) => login,
             Some(login::Outcome::Admin { user, role }) => {
                 tracing::info!(%peer, %user, "admin console login");
@@ -154,6 +154,7 @@ fn session_for<'a>(
             &login.user,
             &login.pool.database,
             login.params.get("application_name").unwrap_or(""),
+            login.admission.take(),
         );
         if let Some(tls) = conn.stream().tls_description() {
             let _ = info.tls.set(tls.into());

@@ -264,6 +264,7 @@ pub async fn run(
         params,
         pid,
         cancel,
+        admission: _, // taken by `register_client` before the session starts
     } = unbox(login);
     let mode = pool.settings().mode;
     let mut s = Session::new(app, client, pool, mode, params, cancel, info);

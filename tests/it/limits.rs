@@ -239,6 +239,59 @@ async fn client_caps_per_database_and_per_user() {
     );
 }
 
+/// A burst of logins at once (an application restarting its workers against a fresh pool)
+/// stays within the client caps: a login takes its place under the caps when it is admitted,
+/// not when it has finished, and gives it back if it fails after that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_caps_hold_for_a_burst_of_concurrent_logins() {
+    let env = env(PoolMode::Transaction, 2, |c| {
+        c.pgferry.auth_type = AuthType::Md5;
+        c.databases
+            .get_mut("shop")
+            .unwrap()
+            .max_db_client_connections = Some(5);
+    })
+    .await;
+    let env = Arc::new(env);
+    let burst = |n: usize| {
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let env = env.clone();
+                tokio::spawn(async move { client(&env, "app", APP_PW, "shop").await })
+            })
+            .collect();
+        async move {
+            let mut ok = Vec::new();
+            let mut refused = 0;
+            for t in tasks {
+                match t.await.unwrap() {
+                    Ok(c) => ok.push(c),
+                    Err(e) => {
+                        assert_eq!(sqlstate(&e).as_deref(), Some("53300"), "{e}");
+                        refused += 1;
+                    }
+                }
+            }
+            (ok, refused)
+        }
+    };
+    let (ok, refused) = burst(40).await;
+    assert_eq!((ok.len(), refused), (5, 35));
+    for c in &ok {
+        c.simple_query("SELECT 1").await.unwrap();
+    }
+    // Every place comes back when its client leaves: five fit again, and no sixth.
+    drop(ok);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            env.app().client_list.is_empty()
+        })
+        .await
+    );
+    let (ok, refused) = burst(8).await;
+    assert_eq!((ok.len(), refused), (5, 3));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_shows_limits_and_current_counts() {
     let env = env(PoolMode::Transaction, 4, |c| {
