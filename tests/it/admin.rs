@@ -3,9 +3,7 @@
 //! counters after a scripted workload, client states, PAUSE/RESUME under load, RECONNECT,
 //! DISABLE, KILL, access control, RELOAD and SET.
 
-use crate::common;
-
-use common::*;
+use crate::common::*;
 use pgferry::config::{Config, PoolMode};
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};

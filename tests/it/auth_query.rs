@@ -4,9 +4,7 @@
 //! unknown users, cached answers, PostgreSQL down), and pgferry logs in to the server as a
 //! user it knows only by a SCRAM secret, with keys recovered from the client's proof.
 
-use crate::common;
-
-use common::*;
+use crate::common::*;
 use pgferry::config::{AuthType, Database, PoolMode};
 use pgferry::testkit::PasswordMethod;
 use std::io::Write;

@@ -2,10 +2,9 @@
 //! Settings carried over from PgBouncer: per-database connect_query and startup parameters,
 //! the login and queueing notices, and the process-level pidfile / logfile / warnings.
 
-use crate::common;
 use crate::support::process;
 
-use common::*;
+use crate::common::*;
 use futures_util::StreamExt;
 use pgferry::config::PoolMode;
 use std::sync::{Arc, Mutex};

@@ -2,9 +2,7 @@
 //! Server failures behind pgferry: backends terminated between and during queries, a
 //! PostgreSQL restart under load, and PostgreSQL being down when pgferry starts.
 
-use crate::common;
-
-use common::*;
+use crate::common::*;
 use pgferry::config::PoolMode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -4,14 +4,13 @@
 //! the pool is checked from both sides (tests/support/leaks.rs): no dirty or leaked server
 //! connection. Scenarios already covered elsewhere are listed in docs/reliability.md.
 
-use crate::common;
 use crate::support::leaks;
 use crate::support::process;
 use crate::support::raw;
 use crate::support::relay;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use futures_util::{pin_mut, SinkExt};
 use leaks::Probe;
 use pgferry::config::{AuthType, Config, PoolMode};

@@ -3,9 +3,7 @@
 //! server_idle_timeout, server_lifetime per database, server_check_query / server_check_delay,
 //! and server_round_robin (server_login_retry and several hosts are in tests/hosts.rs).
 
-use crate::common;
-
-use common::*;
+use crate::common::*;
 use pgferry::config::PoolMode;
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -2,10 +2,9 @@
 //! and extended-protocol error recovery. Each case checks the offender is told (08P01) and
 //! cut off while other clients' sessions carry on and pgferry keeps accepting logins.
 
-use crate::common;
 use crate::support::raw;
 
-use common::*;
+use crate::common::*;
 use pgferry::config::{AuthType, Config, PoolMode};
 use raw::*;
 use std::time::Duration;

@@ -4,12 +4,11 @@
 //! non-UTF-8 names and query text, and wrong message types during authentication and COPY.
 //! Each offender gets an error and a close; everyone else keeps being served.
 
-use crate::common;
 use crate::support::leaks;
 use crate::support::process;
 use crate::support::raw;
 
-use common::*;
+use crate::common::*;
 use leaks::Probe;
 use pgferry::config::{AuthType, PoolMode};
 use raw::{errors, msg, query, startup_packet, Raw, Read};

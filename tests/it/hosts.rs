@@ -2,10 +2,9 @@
 //! Reaching servers that fail: server_login_retry spaces out attempts while clients wait, and a
 //! database with several hosts skips a dead one instead of paying for it on every connection.
 
-use crate::common;
 use crate::support::forward;
 
-use common::*;
+use crate::common::*;
 use forward::Forward;
 use pgferry::config::{AuthType, PoolMode};
 use std::sync::Arc;

@@ -2,9 +2,7 @@
 //! Query insight through a real proxy: N+1 bursts and duplicates attributed to the right
 //! client in transaction mode, simple and extended protocol, the opt-in NOTICE, statistics.
 
-use crate::common;
-
-use common::*;
+use crate::common::*;
 use futures_util::StreamExt;
 use pgferry::config::PoolMode;
 use pgferry::insight::PatternKind;

@@ -5,11 +5,10 @@
 //! (simple and extended protocol, prepared statements, cancels, errors) whose results name
 //! the client that asked; nobody ever receives another client's rows.
 
-use crate::common;
 use crate::support::leaks;
 use crate::support::relay;
 
-use common::*;
+use crate::common::*;
 use leaks::Probe;
 use pgferry::config::{AuthType, PoolMode};
 use rand::Rng;

@@ -3,10 +3,9 @@
 //! SIGQUIT, `check-config`, and
 //! `--upstream` without a configuration file.
 
-use crate::common;
 use crate::support::process;
 
-use common::*;
+use crate::common::*;
 use process::Ferry;
 use std::time::Duration;
 use tokio::time::timeout;

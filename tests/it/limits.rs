@@ -3,10 +3,9 @@
 //! min_pool_size, max_db_connections and max_user_connections across pools, and the client
 //! caps max_db_client_connections / max_user_client_connections.
 
-use crate::common;
 use crate::support::peak;
 
-use common::*;
+use crate::common::*;
 use peak::{count, sleep_all, Peak};
 use pgferry::config::{AuthType, Database, PoolMode, User};
 use std::sync::Arc;

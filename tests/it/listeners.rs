@@ -4,10 +4,9 @@
 //! `so_reuseport` under a pgbench rolling restart, and the shutdown signals (SIGTERM = SHUTDOWN
 //! WAIT_FOR_CLIENTS, a second signal = immediate, the admin command on the same path).
 
-use crate::common;
 use crate::support::process;
 
-use common::*;
+use crate::common::*;
 use pgferry::config::PoolMode;
 use process::Ferry;
 use std::net::SocketAddr;

@@ -2,9 +2,7 @@
 //! Prometheus endpoint: served per instance without a global recorder, valid text format,
 //! values that agree with SHOW STATS_TOTALS, histograms, login failures, bounded labels.
 
-use crate::common;
-
-use common::*;
+use crate::common::*;
 use pgferry::config::{Config, PoolMode};
 use std::collections::HashMap;
 use std::io::Write;

@@ -4,10 +4,9 @@
 //! `options=-c …`) reach whichever server a client is given, in every pool mode, and never
 //! leak to another client; ignore_startup_parameters drops what it lists.
 
-use crate::common;
 use crate::support::raw;
 
-use common::*;
+use crate::common::*;
 use pgferry::config::{AuthType, PoolMode};
 use raw::*;
 use tokio_postgres::Client;

@@ -3,9 +3,7 @@
 //! statements, parameters, cancel key, place in SHOW CLIENTS), resumes on its next request,
 //! and can still be killed, shut down or hang up while parked.
 
-use crate::common;
-
-use common::*;
+use crate::common::*;
 use pgferry::config::{Config, PoolMode};
 use std::io::Write;
 use std::time::Duration;

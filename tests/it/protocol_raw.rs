@@ -2,10 +2,9 @@
 //! negotiation, malformed startup packets) and transaction-mode named prepared statements
 //! driven with hand-built Parse/Bind/Describe/Execute/Close/Sync messages.
 
-use crate::common;
 use crate::support::raw;
 
-use common::*;
+use crate::common::*;
 use pgferry::config::{AuthType, PoolMode};
 use raw::*;
 

@@ -3,12 +3,11 @@
 //! connected (growing and shrinking), an invalid file changes nothing, a removed database
 //! disconnects its clients, and a changed server port moves the pool's server connections.
 
-use crate::common;
 use crate::support::forward;
 use crate::support::peak;
 use crate::support::process;
 
-use common::*;
+use crate::common::*;
 use forward::Forward;
 use peak::{count, sleep_all, Peak};
 use pgferry::config::{Config, Database, PoolMode};

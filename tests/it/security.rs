@@ -3,10 +3,9 @@
 //! most verbose level), metrics bound to loopback unless configured otherwise, and failed
 //! logins visible in metrics. (The console refusing non-admin users is in tests/admin.rs.)
 
-use crate::common;
 use crate::support::process;
 
-use common::*;
+use crate::common::*;
 use pgferry::config::{AuthType, Config, PoolMode};
 use process::Ferry;
 use std::io::Write;

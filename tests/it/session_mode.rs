@@ -1,10 +1,9 @@
 //! Session pooling (a client keeps one server for its whole life; the server is reset before
 //! the next client gets it) and statement pooling (transaction blocks refused).
 
-use crate::common;
 use crate::support::raw;
 
-use common::*;
+use crate::common::*;
 use futures_util::StreamExt;
 use pgferry::config::{AuthType, PoolMode};
 use std::time::Duration;

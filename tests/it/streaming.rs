@@ -2,11 +2,10 @@
 //! Bulk data through pgferry: COPY in both directions (and failed COPY), and a large result
 //! streamed without pgferry buffering it.
 
-use crate::common;
 use crate::support::process;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use futures_util::{pin_mut, SinkExt, StreamExt, TryStreamExt};
 use pgferry::config::PoolMode;
 use std::time::Duration;

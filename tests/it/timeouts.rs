@@ -5,10 +5,9 @@
 //! query is not mistaken for an idle client. Also: session mode hands out the server's own
 //! BackendKeyData.
 
-use crate::common;
 use crate::support::raw;
 
-use common::*;
+use crate::common::*;
 use pgferry::config::{AuthType, PoolMode};
 use raw::*;
 use std::time::{Duration, Instant};

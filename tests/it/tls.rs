@@ -6,9 +6,7 @@
 //! its own client certificate) and refusing untrusted servers; startup errors for bad files.
 //! Certificates are generated with rcgen for each run.
 
-use crate::common;
-
-use common::*;
+use crate::common::*;
 use pgferry::app::{self, Running};
 use pgferry::config::{AuthType, Config, PoolMode, TlsMode};
 use pgferry::testkit::{give_to_server_user, ClusterOptions, PgCluster};

@@ -1,9 +1,7 @@
 //! Real PostgreSQL client programs through pgferry: pgbench (simple, extended and prepared
 //! protocol, 50 clients, transaction mode) and psql (COPY via \copy, multi-statement scripts).
 
-use crate::common;
-
-use common::*;
+use crate::common::*;
 use pgferry::config::PoolMode;
 use std::path::Path;
 use std::process::Output;

@@ -2,9 +2,7 @@
 //! Transaction pooling against a real PostgreSQL: protocol coverage, prepared statements
 //! across server connections, pool bounds, parameter isolation, waits and limits, cancel.
 
-use crate::common;
-
-use common::*;
+use crate::common::*;
 use pgferry::config::PoolMode;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
