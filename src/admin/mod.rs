@@ -96,14 +96,8 @@ pub async fn serve(
         .stream()
         .peer_addr()
         .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-    let info = app.register_client(
-        peer,
-        conn.stream().local_addr(),
-        user,
-        DATABASES[0],
-        "",
-        None,
-    );
+    let admission = app.admit_console(DATABASES[0], user);
+    let info = app.register_client(peer, conn.stream().local_addr(), "", admission);
     let _listed = Listed(app, info.id);
     welcome(conn.out());
     conn.flush().await?;

@@ -66,6 +66,17 @@ pub struct Admission {
     user: Box<str>,
 }
 
+impl Admission {
+    /// A place already counted in `app`'s tally under `db` and `user`.
+    fn new(app: &Arc<App>, db: &str, user: &str) -> Admission {
+        Admission {
+            app: Some(Arc::clone(app)),
+            db: db.into(),
+            user: user.into(),
+        }
+    }
+}
+
 impl Drop for Admission {
     fn drop(&mut self) {
         if let Some(app) = self.app.take() {
@@ -327,11 +338,7 @@ impl App {
         let max_db = cfg.max_db_client_connections_for(db) as usize;
         let max_user = cfg.max_user_client_connections_for(user) as usize;
         match self.client_tally.try_add(db, user, max_db, max_user) {
-            Ok(()) => Ok(Admission {
-                app: Some(Arc::clone(self)),
-                db: db.into(),
-                user: user.into(),
-            }),
+            Ok(()) => Ok(Admission::new(self, db, user)),
             Err(ClientCap::Db) => Err("no more connections allowed (max_db_client_connections)"),
             Err(ClientCap::User) => {
                 Err("no more connections allowed (max_user_client_connections)")
@@ -339,39 +346,38 @@ impl App {
         }
     }
 
+    /// The place of an admin console client: counted under its database and user like any
+    /// client, never refused by a cap.
+    pub fn admit_console(self: &Arc<Self>, db: &str, user: &str) -> Admission {
+        self.client_tally.add(db, user);
+        Admission::new(self, db, user)
+    }
+
     /// The control state of a database (created on first use).
     pub fn db_control(&self, db: &str) -> Arc<DbControl> {
         self.db_controls.entry(db.to_owned()).or_default().clone()
     }
 
-    /// Lists a logged-in client; it is removed by [`App::unregister_client`].
+    /// Lists a logged-in client under the database and user of its `admission`, whose place
+    /// becomes the client's; [`App::unregister_client`] removes it and gives the place back.
     pub fn register_client(
         &self,
         addr: SocketAddr,
         local_addr: Option<SocketAddr>,
-        user: &str,
-        database: &str,
         application_name: &str,
-        admission: Option<Admission>,
+        mut admission: Admission,
     ) -> Arc<ClientInfo> {
-        match admission {
-            // The admitted place becomes the client's; `unregister_client` gives it back.
-            Some(mut a) if *a.db == *database && *a.user == *user => a.app = None,
-            other => {
-                drop(other);
-                self.client_tally.add(database, user);
-            }
-        }
         let id = self.next_client_id.fetch_add(1, Ordering::Relaxed);
         let info = Arc::new(ClientInfo::new(
             id,
             addr,
             local_addr,
-            user,
-            database,
+            &admission.user,
+            &admission.db,
             application_name,
         ));
         self.client_list.insert(id, info.clone());
+        admission.app = None; // the place is the listed client's now
         info
     }
 

@@ -397,7 +397,8 @@ impl ClientTally {
     }
 
     /// Clients of database `db` and of user `user` now.
-    pub fn counts(&self, db: &str, user: &str) -> (usize, usize) {
+    #[cfg(test)]
+    fn counts(&self, db: &str, user: &str) -> (usize, usize) {
         let c = self.counts.lock();
         (
             c.db.get(db).copied().unwrap_or(0),

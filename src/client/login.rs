@@ -32,8 +32,8 @@ pub struct Login {
     pub params: ClientParams,
     pub pid: i32,
     pub cancel: Arc<CancelSlot>,
-    /// The client's place under the client caps, until it is registered.
-    pub admission: Option<Admission>,
+    /// The client's place under the client caps; registering the client takes it over.
+    pub admission: Admission,
 }
 
 /// Where a successful login leads.
@@ -241,7 +241,7 @@ async fn startup(
         params,
         pid,
         cancel,
-        admission: Some(admission),
+        admission,
     }))))
 }
 

@@ -135,7 +135,7 @@ fn session_for<'a>(
 ) -> impl std::future::Future<Output = Result<Option<session::Parked>, ClientError>> + Send + 'a {
     async move {
         // The login future (SCRAM state and all) is boxed so it is freed once the client is in.
-        let mut login = match Box::pin(login::login(app, conn, peer, count)).await? {
+        let login = match Box::pin(login::login(app, conn, peer, count)).await? {
             Some(login::Outcome::Session(login)) => login,
             Some(login::Outcome::Admin { user, role }) => {
                 tracing::info!(%peer, %user, "admin console login");
@@ -148,19 +148,9 @@ fn session_for<'a>(
         if app.config.load().pgferry.log_connections {
             tracing::info!(%peer, db = %login.pool.database, user = %login.user, "login");
         }
-        let info = app.register_client(
-            peer,
-            conn.stream().local_addr(),
-            &login.user,
-            &login.pool.database,
-            login.params.get("application_name").unwrap_or(""),
-            login.admission.take(),
-        );
-        if let Some(tls) = conn.stream().tls_description() {
-            let _ = info.tls.set(tls.into());
-        }
-        // The session unregisters the client when it ends (not when it is parked).
-        session::run(app, conn, login, info).await
+        // The session lists the client (SHOW CLIENTS) and unregisters it when it ends (not
+        // when it is parked).
+        session::run(app, conn, login, peer).await
     }
 }
 

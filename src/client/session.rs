@@ -247,13 +247,13 @@ impl Parked {
     }
 }
 
-/// Runs a logged-in client's session until it ends, or until it is parked (then its state
-/// is returned for `client::park`).
+/// Lists the logged-in client connected from `peer` and runs its session until it ends, or
+/// until it is parked (then its state is returned for `client::park`).
 pub async fn run(
     app: &Arc<App>,
     client: &mut Conn<Stream>,
     login: Box<Login>,
-    info: Arc<ClientInfo>,
+    peer: std::net::SocketAddr,
 ) -> Result<Option<Parked>, ClientError> {
     // Moved out through a function so the box is freed now, not when the session ends.
     let unbox = |b: Box<Login>| *b;
@@ -264,8 +264,17 @@ pub async fn run(
         params,
         pid,
         cancel,
-        admission: _, // taken by `register_client` before the session starts
+        admission,
     } = unbox(login);
+    let info = app.register_client(
+        peer,
+        client.stream().local_addr(),
+        params.get("application_name").unwrap_or(""),
+        admission,
+    );
+    if let Some(tls) = client.stream().tls_description() {
+        let _ = info.tls.set(tls.into());
+    }
     let mode = pool.settings().mode;
     let mut s = Session::new(app, client, pool, mode, params, cancel, info);
     s.begin(server).await;
