@@ -343,13 +343,6 @@ async fn twenty_clients_lose_nothing_across_five_pause_resume_cycles() {
     assert!(ok.load(Ordering::Relaxed) > 100);
 }
 
-async fn backend_pid(c: &Client) -> i32 {
-    c.query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnect_gives_the_next_transaction_a_new_server() {
     let env = env(PoolMode::Transaction, 1, with_admin).await;

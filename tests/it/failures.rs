@@ -10,26 +10,8 @@ use std::time::Duration;
 use tokio::time::timeout;
 use tokio_postgres::Client;
 
-/// A superuser connection straight to PostgreSQL on `port`.
-async fn direct_to(port: u16) -> Client {
-    connect_url(&format!(
-        "host=127.0.0.1 port={port} user=postgres dbname=shop connect_timeout=10"
-    ))
-    .await
-    .expect("connect to PostgreSQL")
-}
-
 async fn backend_pid(c: &Client) -> Result<i32, tokio_postgres::Error> {
     Ok(c.query_one("SELECT pg_backend_pid()", &[]).await?.get(0))
-}
-
-async fn terminate(direct: &Client, pid: i32) {
-    let ok: bool = direct
-        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(ok, "pg_terminate_backend({pid}) found no backend");
 }
 
 async fn backend_gone(direct: &Client, pid: i32) -> bool {
@@ -67,7 +49,7 @@ async fn backend_terminated_between_queries_is_replaced() {
     // Round 1: terminate and query straight away (the backend may still be exiting).
     let old = backend_pid(&c).await.unwrap();
     assert_eq!(app_backends(&direct).await, [old]);
-    terminate(&direct, old).await;
+    terminate_backend(&direct, old).await;
     let mut errors = Vec::new();
     for i in 0..5i32 {
         match timeout(
@@ -99,7 +81,7 @@ async fn backend_terminated_between_queries_is_replaced() {
 
     // Round 2: once the terminated backend is gone, the dead idle connection is detected at
     // checkout and replaced without any error at all.
-    terminate(&direct, new).await;
+    terminate_backend(&direct, new).await;
     assert!(eventually(Duration::from_secs(10), || backend_gone(&direct, new)).await);
     for i in 0..5i32 {
         let row = timeout(
@@ -119,29 +101,6 @@ async fn backend_terminated_between_queries_is_replaced() {
     assert_eq!(backend_pid(&c2).await.unwrap(), newer);
 }
 
-/// Waits until `app` has a backend running `pattern` and returns its pid.
-async fn running_backend(direct: &Client, pattern: &str) -> i32 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let rows = direct
-            .query(
-                "SELECT pid FROM pg_stat_activity \
-                 WHERE usename = 'app' AND state = 'active' AND query LIKE $1",
-                &[&pattern],
-            )
-            .await
-            .unwrap();
-        if let Some(r) = rows.first() {
-            return r.get(0);
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no backend of app is running {pattern}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_terminated_during_a_query_fails_that_query_only() {
     let env = env(PoolMode::Transaction, 2, |_| {}).await;
@@ -154,7 +113,7 @@ async fn backend_terminated_during_a_query_fails_that_query_only() {
         tokio::spawn(async move { c.query("SELECT pg_sleep(5)", &[]).await })
     };
     let pid = running_backend(&direct, "SELECT pg_sleep(5)%").await;
-    terminate(&direct, pid).await;
+    terminate_backend(&direct, pid).await;
     let r = timeout(Duration::from_secs(10), q)
         .await
         .expect("the client hung after its backend was terminated")
@@ -175,7 +134,7 @@ async fn backend_terminated_during_a_query_fails_that_query_only() {
         tokio::spawn(async move { c.simple_query("SELECT pg_sleep(5.01)").await })
     };
     let pid = running_backend(&direct, "SELECT pg_sleep(5.01)%").await;
-    terminate(&direct, pid).await;
+    terminate_backend(&direct, pid).await;
     let r = timeout(Duration::from_secs(10), q)
         .await
         .expect("the client hung after its backend was terminated")

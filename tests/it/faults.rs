@@ -42,27 +42,8 @@ async fn relay_env(pool_size: u32, tweak: impl FnOnce(&mut Config)) -> RelayEnv 
         tweak(c);
     })
     .await;
-    let probe = Probe {
-        ferry_port: env.addr.port(),
-        pg_port: env.pg.port(),
-        pool_size: pool_size as usize,
-    };
+    let probe = Probe::of(&env, pool_size as usize);
     RelayEnv { env, relay, probe }
-}
-
-/// Same without a relay.
-async fn plain_env(pool_size: u32) -> (Env, Probe) {
-    let env = env(PoolMode::Transaction, pool_size, |c| {
-        c.pgferry.auth_type = AuthType::Trust;
-        leaks::with_admin(c);
-    })
-    .await;
-    let probe = Probe {
-        ferry_port: env.addr.port(),
-        pg_port: env.pg.port(),
-        pool_size: pool_size as usize,
-    };
-    (env, probe)
 }
 
 fn describe(e: &tokio_postgres::Error) -> String {
@@ -226,48 +207,9 @@ async fn connections_cut_under_load_cost_each_client_at_most_one_error_per_cut()
     e.probe.assert_clean("after cuts under load").await;
 }
 
-/// Waits until `app` has a backend running a statement like `pattern`; returns its pid.
-async fn running_backend(direct: &Client, pattern: &str) -> i32 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let rows = direct
-            .query(
-                "SELECT pid FROM pg_stat_activity \
-                 WHERE usename = 'app' AND state = 'active' AND query LIKE $1",
-                &[&pattern],
-            )
-            .await
-            .unwrap();
-        if let Some(r) = rows.first() {
-            return r.get(0);
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no backend of app is running {pattern}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn terminate(direct: &Client, pid: i32) {
-    let ok: bool = direct
-        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(ok, "pg_terminate_backend({pid}) found no backend");
-}
-
-async fn count(c: &Client, table: &str) -> i64 {
-    c.query_one(&format!("SELECT count(*) FROM {table}"), &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_killed_mid_copy_from_stdin_extended_protocol() {
-    let (env, probe) = plain_env(2).await;
+    let (env, probe) = leaks::probed_env(2).await;
     let direct = env.direct().await;
     direct
         .batch_execute("CREATE TABLE sink (id int, payload text); ALTER TABLE sink OWNER TO app")
@@ -293,7 +235,7 @@ async fn backend_killed_mid_copy_from_stdin_extended_protocol() {
     let killer = async {
         let pid = running_backend(&direct, "COPY sink%").await;
         tokio::time::sleep(Duration::from_millis(200)).await;
-        terminate(&direct, pid).await;
+        terminate_backend(&direct, pid).await;
     };
     let (r, ()) = timeout(Duration::from_secs(30), async {
         tokio::join!(copy, killer)
@@ -318,7 +260,7 @@ async fn backend_killed_mid_copy_from_stdin_extended_protocol() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_killed_mid_copy_from_stdin_simple_protocol() {
-    let (env, probe) = plain_env(2).await;
+    let (env, probe) = leaks::probed_env(2).await;
     let direct = env.direct().await;
     direct
         .batch_execute("CREATE TABLE sink (id int, payload text); ALTER TABLE sink OWNER TO app")
@@ -330,7 +272,7 @@ async fn backend_killed_mid_copy_from_stdin_simple_protocol() {
     assert_eq!(r.expect_msg().await.tag, b'G');
     r.send(&raw::msg(b'd', b"1\tfirst\n")).await;
     let pid = running_backend(&direct, "COPY sink%").await;
-    terminate(&direct, pid).await;
+    terminate_backend(&direct, pid).await;
     let msgs = r.until_ready().await;
     let errs = raw::errors(&msgs);
     assert_eq!(errs.len(), 1, "{msgs:?}");
@@ -343,7 +285,7 @@ async fn backend_killed_mid_copy_from_stdin_simple_protocol() {
         r.simple("SELECT count(*) FROM sink").await,
         [Some("0".into())]
     );
-    assert_eq!(count(&direct, "sink").await, 0);
+    assert_eq!(count_rows(&direct, "sink").await, 0);
     drop(r);
     probe.assert_clean("after a COPY kill").await;
 }
@@ -380,7 +322,7 @@ async fn blackholed_server_fails_new_connections_within_server_connect_timeout()
 
     e.relay.blackhole(false);
     let c = e.env.connect().await;
-    assert_eq!(count(&c, "items").await, 100);
+    assert_eq!(count_rows(&c, "items").await, 100);
 
     // A logged-in client whose next transaction needs a new server connection: the dead one
     // is discarded, new attempts time out and are retried within query_wait_timeout.
@@ -432,7 +374,7 @@ async fn blackholed_server_fails_a_running_query_within_query_timeout() {
     })
     .await;
     let c = e.env.connect().await;
-    assert_eq!(count(&c, "items").await, 100);
+    assert_eq!(count_rows(&c, "items").await, 100);
 
     // The query leaves and its answer never comes back.
     e.relay.blackhole(true);
@@ -455,7 +397,7 @@ async fn blackholed_server_fails_a_running_query_within_query_timeout() {
 
     // Others are served once the server answers again.
     let c2 = e.env.connect().await;
-    assert_eq!(count(&c2, "items").await, 100);
+    assert_eq!(count_rows(&c2, "items").await, 100);
     drop((c, c2));
     e.probe.assert_clean("after query_timeout").await;
 }
@@ -527,7 +469,7 @@ async fn slow_server_gives_correct_results_and_no_errors() {
             .unwrap();
     }
     let d = e.env.direct().await;
-    assert_eq!(count(&d, "slow").await, 64);
+    assert_eq!(count_rows(&d, "slow").await, 64);
     e.relay.set_delay(Duration::ZERO);
     e.probe.assert_clean("after a slow server").await;
 }
@@ -562,7 +504,7 @@ async fn row_is_free(env: &Env) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_vanishing_mid_transaction_copy_or_result_leaves_nothing_behind() {
-    let (env, probe) = plain_env(1).await;
+    let (env, probe) = leaks::probed_env(1).await;
     let direct = env.direct().await;
     direct
         .batch_execute("CREATE TABLE dropped (id int, v text); ALTER TABLE dropped OWNER TO app")
@@ -619,7 +561,7 @@ async fn client_vanishing_mid_transaction_copy_or_result_leaves_nothing_behind()
         .unwrap()
         .get(0);
     assert_eq!(qty, 1, "a vanished client's update was committed");
-    assert_eq!(count(&direct, "dropped").await, 0);
+    assert_eq!(count_rows(&direct, "dropped").await, 0);
     probe.assert_clean("after vanished clients").await;
     // Nothing of theirs is still running either.
     let running: i64 = direct
@@ -655,7 +597,7 @@ async fn client_that_never_reads_a_huge_result_does_not_grow_pgferry() {
         pool_size: 2,
     };
     let other = connect_url(&ferry.url()).await.unwrap();
-    assert_eq!(count(&other, "items").await, 100);
+    assert_eq!(count_rows(&other, "items").await, 100);
     let before = ferry.rss_kb();
 
     // About 200 MB of rows; the client reads the first few and then nothing.
@@ -709,7 +651,7 @@ async fn client_that_never_reads_a_huge_result_does_not_grow_pgferry() {
 /// CopyData / CopyDone / Sync get exactly one ReadyForQuery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_killed_mid_extended_copy_errors_at_once_then_one_ready() {
-    let (env, probe) = plain_env(2).await;
+    let (env, probe) = leaks::probed_env(2).await;
     let direct = env.direct().await;
     direct
         .batch_execute("CREATE TABLE sink (id int, payload text); ALTER TABLE sink OWNER TO app")
@@ -726,7 +668,7 @@ async fn backend_killed_mid_extended_copy_errors_at_once_then_one_ready() {
     assert_eq!(r.expect_msg().await.tag, b'G');
     r.send(&raw::msg(b'd', b"1\tfirst\n")).await;
     let pid = running_backend(&direct, "COPY sink%").await;
-    terminate(&direct, pid).await;
+    terminate_backend(&direct, pid).await;
     let err = r.expect_msg().await;
     assert_eq!(err.tag, b'E');
     assert_eq!(err.sqlstate().as_deref(), Some("57P01"));

@@ -10,7 +10,7 @@ use crate::support::raw;
 
 use crate::common::*;
 use leaks::Probe;
-use pgferry::config::{AuthType, PoolMode};
+use pgferry::config::PoolMode;
 use raw::{errors, msg, query, startup_packet, Raw, Read};
 use std::time::{Duration, Instant};
 use tokio::time::timeout;
@@ -187,11 +187,7 @@ async fn a_crowd_of_slowloris_logins_is_cut_off_by_client_login_timeout() {
         leaks::with_admin(c);
     })
     .await;
-    let probe = Probe {
-        ferry_port: env.addr.port(),
-        pg_port: env.pg.port(),
-        pool_size: 2,
-    };
+    let probe = Probe::of(&env, 2);
     let addr = env.addr;
     let startup = startup_packet(3, 0, &[("user", "app"), ("database", "shop")]);
     let mut loris = Vec::new();
@@ -272,23 +268,9 @@ fn raw_startup(params: &[(&[u8], &[u8])]) -> Vec<u8> {
     out
 }
 
-async fn trust_env(pool_size: u32) -> (Env, Probe) {
-    let env = env(PoolMode::Transaction, pool_size, |c| {
-        c.pgferry.auth_type = AuthType::Trust;
-        leaks::with_admin(c);
-    })
-    .await;
-    let probe = Probe {
-        ferry_port: env.addr.port(),
-        pg_port: env.pg.port(),
-        pool_size: pool_size as usize,
-    };
-    (env, probe)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_utf8_names_and_query_text() {
-    let (env, probe) = trust_env(2).await;
+    let (env, probe) = leaks::probed_env(2).await;
     // Startup: a non-UTF-8 database name, parameter name or parameter value.
     let cases: [(&str, Vec<u8>); 4] = [
         (
@@ -357,11 +339,7 @@ async fn non_utf8_names_and_query_text() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_message_types_during_the_scram_exchange() {
     let env = env(PoolMode::Transaction, 1, leaks::with_admin).await;
-    let probe = Probe {
-        ferry_port: env.addr.port(),
-        pg_port: env.pg.port(),
-        pool_size: 1,
-    };
+    let probe = Probe::of(&env, 1);
     let startup = startup_packet(3, 0, &[("user", "app"), ("database", "shop")]);
     // A Query, a Terminate, an empty password message and a zero tag where the SCRAM
     // exchange expects SASLInitialResponse.
@@ -403,7 +381,7 @@ async fn count_items(c: &tokio_postgres::Client) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_message_inside_copy_is_fatal_and_frees_the_server() {
-    let (env, probe) = trust_env(1).await;
+    let (env, probe) = leaks::probed_env(1).await;
     let mut r = Raw::ready(env.addr).await;
     r.send(&query("COPY items FROM STDIN")).await;
     assert_eq!(r.expect_msg().await.tag, b'G');

@@ -132,11 +132,7 @@ async fn transfers_under_faults_lose_nothing_and_invent_nothing() {
         c.databases.get_mut("shop").unwrap().port = relay_port;
     })
     .await;
-    let probe = Probe {
-        ferry_port: env.addr.port(),
-        pg_port: env.pg.port(),
-        pool_size: POOL as usize,
-    };
+    let probe = Probe::of(&env, POOL as usize);
     let url = env.url("app", "x");
     let stop = Arc::new(AtomicBool::new(false));
 
@@ -456,11 +452,7 @@ async fn no_client_ever_receives_another_clients_rows() {
         leaks::with_admin(c);
     })
     .await;
-    let probe = Probe {
-        ferry_port: env.addr.port(),
-        pg_port: env.pg.port(),
-        pool_size: 4,
-    };
+    let probe = Probe::of(&env, 4);
     let url = env.url("app", "x");
     let direct = Arc::new(env.direct().await);
     let tasks: Vec<_> = (0..CLIENTS)

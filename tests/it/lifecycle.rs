@@ -11,14 +11,6 @@ use std::time::Duration;
 use tokio::time::timeout;
 use tokio_postgres::Client;
 
-async fn direct_to(port: u16) -> Client {
-    connect_url(&format!(
-        "host=127.0.0.1 port={port} user=postgres dbname=shop connect_timeout=10"
-    ))
-    .await
-    .expect("connect to PostgreSQL")
-}
-
 async fn names_like(direct: &Client, pattern: &str) -> Vec<String> {
     direct
         .query(

@@ -10,7 +10,6 @@ use futures_util::{pin_mut, SinkExt, StreamExt, TryStreamExt};
 use pgferry::config::PoolMode;
 use std::time::Duration;
 use tokio::time::timeout;
-use tokio_postgres::Client;
 
 const ROWS: usize = 100_000;
 
@@ -25,13 +24,6 @@ fn copy_chunks() -> Vec<Bytes> {
             Bytes::from(s)
         })
         .collect()
-}
-
-async fn count(c: &Client, table: &str) -> i64 {
-    c.query_one(&format!("SELECT count(*) FROM {table}"), &[])
-        .await
-        .unwrap()
-        .get(0)
 }
 
 /// With pool_size 1, another client can only run a query if the first one's server
@@ -71,9 +63,9 @@ async fn copy_in_and_out_100k_rows() {
         .expect("COPY FROM STDIN hung")
         .unwrap();
     assert_eq!(n, ROWS as u64);
-    assert_eq!(count(&c, "big").await, ROWS as i64);
+    assert_eq!(count_rows(&c, "big").await, ROWS as i64);
     let direct = env.direct().await;
-    assert_eq!(count(&direct, "big").await, ROWS as i64);
+    assert_eq!(count_rows(&direct, "big").await, ROWS as i64);
     other_client_gets_the_server(&env).await;
 
     let stream = c
@@ -93,7 +85,7 @@ async fn copy_in_and_out_100k_rows() {
         "COPY TO STDOUT returned other data than was copied in"
     );
     // The session and the pool are fine afterwards.
-    assert_eq!(count(&c, "items").await, 100);
+    assert_eq!(count_rows(&c, "items").await, 100);
     other_client_gets_the_server(&env).await;
 }
 
@@ -127,7 +119,7 @@ async fn failed_copy_inserts_nothing_and_keeps_the_session() {
     .expect("session unusable after CopyFail")
     .get::<_, i64>(0);
     assert_eq!(n, 0);
-    assert_eq!(count(&direct, "target").await, 0);
+    assert_eq!(count_rows(&direct, "target").await, 0);
     other_client_gets_the_server(&env).await;
 
     // Bad data: the server rejects the COPY.
@@ -156,8 +148,8 @@ async fn failed_copy_inserts_nothing_and_keeps_the_session() {
     };
     let e = r.expect_err("COPY with bad data succeeded");
     assert_eq!(sqlstate(&e).as_deref(), Some("22P02"), "{e:?}");
-    assert_eq!(count(&c, "target").await, 0);
-    assert_eq!(count(&direct, "target").await, 0);
+    assert_eq!(count_rows(&c, "target").await, 0);
+    assert_eq!(count_rows(&direct, "target").await, 0);
     other_client_gets_the_server(&env).await;
 
     // Inside a transaction a failed COPY aborts the transaction, as on PostgreSQL.
@@ -177,7 +169,7 @@ async fn failed_copy_inserts_nothing_and_keeps_the_session() {
     let e = c.batch_execute("SELECT 1").await.unwrap_err();
     assert_eq!(sqlstate(&e).as_deref(), Some("25P02"));
     c.batch_execute("ROLLBACK").await.unwrap();
-    assert_eq!(count(&c, "target").await, 0);
+    assert_eq!(count_rows(&c, "target").await, 0);
 
     // A good COPY on the same session works.
     let sink = c
@@ -187,7 +179,7 @@ async fn failed_copy_inserts_nothing_and_keeps_the_session() {
     pin_mut!(sink);
     sink.send(chunks[0].clone()).await.unwrap();
     assert_eq!(sink.finish().await.unwrap(), 1000);
-    assert_eq!(count(&direct, "target").await, 1000);
+    assert_eq!(count_rows(&direct, "target").await, 1000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

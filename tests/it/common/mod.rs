@@ -288,3 +288,53 @@ pub async fn records(c: &Client, q: &str) -> Vec<std::collections::HashMap<Strin
         })
         .collect()
 }
+
+/// A superuser connection straight to PostgreSQL on `port` (database `shop`).
+pub async fn direct_to(port: u16) -> Client {
+    connect_url(&format!(
+        "host=127.0.0.1 port={port} user=postgres dbname=shop connect_timeout=10"
+    ))
+    .await
+    .expect("connect to PostgreSQL")
+}
+
+/// Ends backend `pid` with pg_terminate_backend; fails the test if there is no such backend.
+pub async fn terminate_backend(direct: &Client, pid: i32) {
+    let ok: bool = direct
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ok, "pg_terminate_backend({pid}) found no backend");
+}
+
+/// The pid of a backend of `app` running a query LIKE `pattern`, waited for up to 15 s.
+pub async fn running_backend(direct: &Client, pattern: &str) -> i32 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let rows = direct
+            .query(
+                "SELECT pid FROM pg_stat_activity \
+                 WHERE usename = 'app' AND state = 'active' AND query LIKE $1",
+                &[&pattern],
+            )
+            .await
+            .unwrap();
+        if let Some(r) = rows.first() {
+            return r.get(0);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no backend of app is running {pattern}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `SELECT count(*) FROM table`.
+pub async fn count_rows(c: &Client, table: &str) -> i64 {
+    c.query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}

@@ -5,6 +5,8 @@
 //! pooled user is one pgferry knows about).
 #![allow(dead_code, clippy::unwrap_used)]
 
+use crate::common::{env, Env};
+use pgferry::config::{AuthType, PoolMode};
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::path::Path;
@@ -119,6 +121,15 @@ impl Look {
 }
 
 impl Probe {
+    /// The probe of `env`'s pgferry and PostgreSQL, for a pool of `pool_size`.
+    pub fn of(env: &Env, pool_size: usize) -> Probe {
+        Probe {
+            ferry_port: env.addr.port(),
+            pg_port: env.pg.port(),
+            pool_size,
+        }
+    }
+
     pub fn admin_url(&self) -> String {
         format!(
             "host=127.0.0.1 port={} user={ADMIN_USER} password={ADMIN_PW} dbname=pgbouncer \
@@ -183,4 +194,16 @@ impl Probe {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// pgferry in transaction mode (trust auth, the admin console open to `admin`) and the probe
+/// that checks it afterwards.
+pub async fn probed_env(pool_size: u32) -> (Env, Probe) {
+    let env = env(PoolMode::Transaction, pool_size, |c| {
+        c.pgferry.auth_type = AuthType::Trust;
+        with_admin(c);
+    })
+    .await;
+    let probe = Probe::of(&env, pool_size as usize);
+    (env, probe)
 }
