@@ -6,7 +6,7 @@
 
 use super::login::Login;
 use super::params::ClientParams;
-use super::statements::{Statements, Stmt};
+use super::statements::{ByName, Statements, Stmt};
 use super::ClientError;
 use crate::app::cancel::{CancelSlot, CancelTarget};
 use crate::app::registry::{now_us, ClientInfo, ClientState, Wake};
@@ -19,12 +19,11 @@ use crate::net::{Conn, NetError, Taken};
 use crate::pool::{Checkout, Pool, PoolError};
 use crate::protocol::build::{self, Severity};
 use crate::protocol::views::{self, BindView, ParseView, TargetView};
-use crate::protocol::{tag, Frame, FrameRef};
+use crate::protocol::{tag, FrameRef};
 use crate::server::prepared::server_name;
 use crate::server::ServerError;
 use crate::sql::{text_hash, Analysis};
 use bytes::{Bytes, BytesMut};
-use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -189,7 +188,7 @@ struct Session<'a> {
     /// The statistics of the client's database, once it has completed a statement.
     queries: Option<DbQueries>,
     /// Analysis of the client's statements by name ("" = unnamed), and of its last Bind.
-    analyses: HashMap<Box<[u8]>, Arc<Analysis>>,
+    analyses: ByName<Arc<Analysis>>,
     bound: Option<(Arc<Analysis>, u64)>,
     /// A NoticeResponse to send before the next ReadyForQuery (n_plus_one_notice).
     notice: Option<Bytes>,
@@ -227,7 +226,7 @@ pub struct Parked {
 /// The parts of a parked session that most idle clients do not have.
 struct ParkedExtras {
     stmts: Statements,
-    analyses: HashMap<Box<[u8]>, Arc<Analysis>>,
+    analyses: ByName<Arc<Analysis>>,
     bound: Option<(Arc<Analysis>, u64)>,
     detector: Option<Box<SessionDetector>>,
     copy_ends: u64,
@@ -351,7 +350,7 @@ impl<'a> Session<'a> {
             insight: app.insight.config().enabled,
             detector: None,
             queries: None,
-            analyses: HashMap::new(),
+            analyses: ByName::default(),
             bound: None,
             notice: None,
             request_start: None,
@@ -462,8 +461,8 @@ impl Session<'_> {
         // Server messages small enough to copy are handled from here, not split off the read
         // buffer (see `Conn::take_frame`).
         let mut small = Vec::new();
+        self.clock = None;
         loop {
-            self.clock = None;
             if let Some(c) = self.server.as_mut() {
                 let conn = &mut c.conn().conn;
                 // Rows go to the client as they came, a run at a time.
@@ -473,7 +472,7 @@ impl Session<'_> {
                 };
                 if moved > 0 {
                     self.tally.bytes_out += moved as u64;
-                    self.client.flush_if_full().await?;
+                    self.flush_client_if_full().await?;
                     continue;
                 }
                 match conn.take_frame(&mut small) {
@@ -496,11 +495,15 @@ impl Session<'_> {
             let frame = if hold {
                 Ok(None)
             } else {
-                self.client.try_frame()
+                self.client.take_frame(&mut small)
             };
             match frame {
-                Ok(Some(f)) => {
-                    if let Flow::Exit = self.on_client_frame(f).await? {
+                Ok(Some(taken)) => {
+                    let flow = match taken {
+                        Taken::Copied => self.on_client_frame(FrameRef::new(&small)).await?,
+                        Taken::Split(f) => self.on_client_frame(f.as_view()).await?,
+                    };
+                    if let Flow::Exit = flow {
                         return Ok(End::Closed);
                     }
                     continue;
@@ -604,6 +607,8 @@ impl Session<'_> {
                 })
                 .await
             };
+            // A new turn: what it handles is timed from here.
+            self.clock = None;
             let server_err = match event {
                 Event::Client(r) => {
                     r?;
@@ -635,9 +640,10 @@ impl Session<'_> {
         }
     }
 
-    /// Now, as far as timing one turn of the loop goes: the messages handled in one turn (a
-    /// Query and its checkout; a reply and its release) share one clock read. Anything that
-    /// can wait for long within a turn resets it.
+    /// Now, as far as timing one turn of the loop goes: everything handled between two waits
+    /// (a client's pipelined Parse, Bind, Execute and Sync and its checkout; a server's reply
+    /// and the release) shares one clock read, taken when first asked for. Anything that can
+    /// wait within a turn (a checkout, a full output buffer's flush, a reset query) resets it.
     fn now(&mut self) -> Tick {
         *self.clock.get_or_insert_with(Tick::now)
     }
@@ -765,7 +771,7 @@ impl Session<'_> {
 
     // ----- client → server -------------------------------------------------------------
 
-    async fn on_client_frame(&mut self, f: Frame) -> Result<Flow, ClientError> {
+    async fn on_client_frame(&mut self, f: FrameRef<'_>) -> Result<Flow, ClientError> {
         let t = f.tag();
         self.tally.bytes_in += f.len() as u64;
         if matches!(t, tag::QUERY | tag::PARSE | tag::BIND | tag::FUNCTION_CALL) {
@@ -802,35 +808,35 @@ impl Session<'_> {
                 // Literals are inline in a simple query: the text itself is the parameter set.
                 let stat = self.analyze(q).map(|(a, h)| self.observe(a, h));
                 if self.ensure_server(false).await? {
-                    self.forward(&f, Some(Pending::Query { stat }));
+                    self.forward(f, Some(Pending::Query { stat }));
                 }
             }
             tag::FUNCTION_CALL => {
                 if self.ensure_server(false).await? {
-                    self.forward(&f, Some(Pending::Query { stat: None }));
+                    self.forward(f, Some(Pending::Query { stat: None }));
                 }
             }
-            tag::PARSE => self.on_parse(&f).await?,
-            tag::BIND => self.on_bind(&f).await?,
-            tag::DESCRIBE => self.on_describe(&f).await?,
+            tag::PARSE => self.on_parse(f).await?,
+            tag::BIND => self.on_bind(f).await?,
+            tag::DESCRIBE => self.on_describe(f).await?,
             tag::EXECUTE => {
                 self.tally.queries += 1;
                 let stat = self.bound.clone().map(|(a, h)| self.observe(a, h));
                 if self.ensure_server(true).await? {
                     let copy_ends = self.copy_ends;
-                    self.forward(&f, Some(Pending::Execute { copy_ends, stat }));
+                    self.forward(f, Some(Pending::Execute { copy_ends, stat }));
                     self.unsynced = true;
                 }
             }
-            tag::CLOSE => self.on_close(&f).await?,
+            tag::CLOSE => self.on_close(f).await?,
             tag::SYNC => {
                 self.skipping = false;
                 if self.server.is_some() {
                     if self.copy_in_until == Some(self.copy_ends) {
-                        self.forward(&f, None); // ignored by the server during COPY
+                        self.forward(f, None); // ignored by the server during COPY
                     } else {
                         let copy_ends = self.copy_ends;
-                        self.forward(&f, Some(Pending::Sync { copy_ends }));
+                        self.forward(f, Some(Pending::Sync { copy_ends }));
                     }
                     self.unsynced = false;
                 } else {
@@ -841,7 +847,7 @@ impl Session<'_> {
             }
             tag::FLUSH => {
                 if self.server.is_some() {
-                    self.forward(&f, None);
+                    self.forward(f, None);
                 }
             }
             tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => {
@@ -850,7 +856,7 @@ impl Session<'_> {
                     self.copy_in_until = None;
                 }
                 if self.server.is_some() {
-                    self.forward(&f, None);
+                    self.forward(f, None);
                     self.flush_server_if_full().await?;
                 }
             }
@@ -863,7 +869,7 @@ impl Session<'_> {
         Ok(Flow::Continue)
     }
 
-    async fn on_parse(&mut self, f: &Frame) -> Result<(), ClientError> {
+    async fn on_parse(&mut self, f: FrameRef<'_>) -> Result<(), ClientError> {
         let Ok(p) = ParseView::new(f.body()) else {
             return self.protocol_violation("malformed Parse message").await;
         };
@@ -921,11 +927,7 @@ impl Session<'_> {
         };
         let sc = c.conn();
         if let Some(evicted) = sc.prepared.insert(stmt.id) {
-            sc.conn.queue(&views::rewrite_target(
-                tag::CLOSE,
-                b'S',
-                &server_name(evicted),
-            ));
+            views::put_target(sc.conn.out(), tag::CLOSE, b'S', &server_name(evicted));
             self.pending.push_back(Pending::Close { hidden: true });
         }
         sc.conn.queue(&stmt.parse);
@@ -957,7 +959,7 @@ impl Session<'_> {
         found
     }
 
-    async fn on_bind(&mut self, f: &Frame) -> Result<(), ClientError> {
+    async fn on_bind(&mut self, f: FrameRef<'_>) -> Result<(), ClientError> {
         let Ok(b) = BindView::new(f.body()) else {
             return self.protocol_violation("malformed Bind message").await;
         };
@@ -982,14 +984,13 @@ impl Session<'_> {
             return Ok(());
         }
         self.ensure_prepared(&stmt);
-        let raw = views::rewrite_bind(&b, &stmt.server_name());
-        self.server_conn().conn.queue(&raw);
+        views::put_bind(self.server_conn().conn.out(), &b, stmt.server_name());
         self.pending.push_back(Pending::Bind);
         self.unsynced = true;
         Ok(())
     }
 
-    async fn on_describe(&mut self, f: &Frame) -> Result<(), ClientError> {
+    async fn on_describe(&mut self, f: FrameRef<'_>) -> Result<(), ClientError> {
         let Ok(d) = TargetView::new(f.body()) else {
             return self.protocol_violation("malformed Describe message").await;
         };
@@ -1007,14 +1008,18 @@ impl Session<'_> {
             return Ok(());
         }
         self.ensure_prepared(&stmt);
-        let raw = views::rewrite_target(tag::DESCRIBE, b'S', &stmt.server_name());
-        self.server_conn().conn.queue(&raw);
+        views::put_target(
+            self.server_conn().conn.out(),
+            tag::DESCRIBE,
+            b'S',
+            stmt.server_name(),
+        );
         self.pending.push_back(Pending::Describe);
         self.unsynced = true;
         Ok(())
     }
 
-    async fn on_close(&mut self, f: &Frame) -> Result<(), ClientError> {
+    async fn on_close(&mut self, f: FrameRef<'_>) -> Result<(), ClientError> {
         let Ok(c) = TargetView::new(f.body()) else {
             return self.protocol_violation("malformed Close message").await;
         };
@@ -1046,7 +1051,7 @@ impl Session<'_> {
         }
     }
 
-    fn forward(&mut self, f: &Frame, p: Option<Pending>) {
+    fn forward(&mut self, f: FrameRef<'_>, p: Option<Pending>) {
         if let Some(c) = self.server.as_mut() {
             c.conn().conn.queue(f.raw());
             if let Some(p) = p {
@@ -1061,10 +1066,23 @@ impl Session<'_> {
     async fn flush_server_if_full(&mut self) -> Result<(), ClientError> {
         let r = match self.server.as_mut() {
             Some(c) => c.conn().conn.flush_if_full().await,
-            None => Ok(()),
+            None => Ok(false),
         };
-        if let Err(e) = r {
-            self.server_lost(&NetError::Io(e)).await?;
+        match r {
+            Ok(wrote) => {
+                if wrote {
+                    self.clock = None; // the write may have waited for the server
+                }
+            }
+            Err(e) => self.server_lost(&NetError::Io(e)).await?,
+        }
+        Ok(())
+    }
+
+    /// Flushes the client's output if enough has piled up (a large result streaming).
+    async fn flush_client_if_full(&mut self) -> Result<(), ClientError> {
+        if self.client.flush_if_full().await? {
+            self.clock = None; // the write may have waited for the client
         }
         Ok(())
     }
@@ -1406,7 +1424,7 @@ impl Session<'_> {
             _ => self.client.queue(f.raw()),
         }
         self.drain_local();
-        self.client.flush_if_full().await?;
+        self.flush_client_if_full().await?;
         Ok(())
     }
 
@@ -1445,6 +1463,7 @@ impl Session<'_> {
             if !self.try_release(now) {
                 // Boxed: rarely large, and kept out of every client's resident task size.
                 Box::pin(self.release()).await;
+                self.clock = None; // the reset query may have taken a while
             }
         }
         Ok(())
@@ -1738,6 +1757,7 @@ impl Session<'_> {
             self.local_error(code, why);
         }
         self.client.flush().await?;
+        self.clock = None; // the flush may have waited for the client
         Ok(())
     }
 

@@ -9,11 +9,18 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
+/// A map keyed by a client's statement (or portal) names. Names come from the client, so the
+/// hasher is seeded at random per process, but it is foldhash, not SipHash: looked up on every
+/// Parse and Bind, these maps are on the hot path.
+pub type ByName<V> = HashMap<Box<[u8]>, V, foldhash::fast::RandomState>;
+
 /// One distinct statement (text + parameter types).
 #[derive(Debug)]
 pub struct Stmt {
     /// Hash of the text and parameter types; names the statement on servers.
     pub id: u64,
+    /// The name on servers, `server_name(id)`, made once rather than at every Bind.
+    name: [u8; 20],
     /// The Parse message to send to a server that lacks the statement.
     pub parse: Bytes,
 }
@@ -21,14 +28,16 @@ pub struct Stmt {
 impl Stmt {
     pub fn from_parse(p: &ParseView<'_>) -> Stmt {
         let id = statement_id(p.query, p.param_types);
+        let name = server_name(id);
         Stmt {
             id,
-            parse: rewrite_parse(p, &server_name(id)),
+            name,
+            parse: rewrite_parse(p, &name),
         }
     }
 
-    pub fn server_name(&self) -> [u8; 20] {
-        server_name(self.id)
+    pub fn server_name(&self) -> &[u8; 20] {
+        &self.name
     }
 }
 
@@ -46,7 +55,7 @@ pub fn statement_id(query: &[u8], param_types: &[u8]) -> u64 {
 /// The client's statement names.
 #[derive(Debug, Default)]
 pub struct Statements {
-    by_name: HashMap<Box<[u8]>, Arc<Stmt>>,
+    by_name: ByName<Arc<Stmt>>,
 }
 
 impl Statements {

@@ -226,11 +226,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     /// Flushes only when enough output has piled up (keeps memory bounded while streaming).
-    pub async fn flush_if_full(&mut self) -> io::Result<()> {
+    /// True when it wrote (and so may have waited for the peer).
+    pub async fn flush_if_full(&mut self) -> io::Result<bool> {
         if self.wbuf.len() >= FLUSH_AT {
             self.flush().await?;
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Gives back buffer memory while the connection is idle; idle clients cost little.

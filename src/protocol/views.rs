@@ -169,27 +169,29 @@ pub fn rewrite_parse(p: &ParseView<'_>, new_name: &[u8]) -> Bytes {
     finish(buf, at)
 }
 
-/// A Bind with the statement renamed.
-pub fn rewrite_bind(b: &BindView<'_>, new_statement: &[u8]) -> Bytes {
-    let (mut buf, at) = start(
-        b'B',
-        b.portal.len() + new_statement.len() + b.rest.len() + 2,
-    );
-    buf.put_slice(b.portal);
-    buf.put_u8(0);
-    buf.put_slice(new_statement);
-    buf.put_u8(0);
-    buf.put_slice(b.rest);
-    finish(buf, at)
+/// Appends to `out` a Bind with the statement renamed (straight into the server's output
+/// buffer: no message of its own is allocated).
+pub fn put_bind(out: &mut BytesMut, b: &BindView<'_>, new_statement: &[u8]) {
+    let len = 4 + b.portal.len() + new_statement.len() + b.rest.len() + 2;
+    out.reserve(1 + len);
+    out.put_u8(b'B');
+    out.put_u32(len as u32);
+    out.put_slice(b.portal);
+    out.put_u8(0);
+    out.put_slice(new_statement);
+    out.put_u8(0);
+    out.put_slice(b.rest);
 }
 
-/// A Describe or Close ('D'/'C') of a statement under another name.
-pub fn rewrite_target(tag: u8, kind: u8, new_name: &[u8]) -> Bytes {
-    let (mut buf, at) = start(tag, new_name.len() + 2);
-    buf.put_u8(kind);
-    buf.put_slice(new_name);
-    buf.put_u8(0);
-    finish(buf, at)
+/// Appends to `out` a Describe or Close ('D'/'C') of a statement under another name.
+pub fn put_target(out: &mut BytesMut, tag: u8, kind: u8, new_name: &[u8]) {
+    let len = 4 + new_name.len() + 2;
+    out.reserve(1 + len);
+    out.put_u8(tag);
+    out.put_u32(len as u32);
+    out.put_u8(kind);
+    out.put_slice(new_name);
+    out.put_u8(0);
 }
 
 /// A simple Query message.
@@ -236,13 +238,16 @@ mod tests {
     fn bind_and_target_views() {
         let b = BindView::new(b"\0st\0\0\0\0\0").unwrap();
         assert_eq!(b.statement, b"st");
-        let raw = rewrite_bind(&b, b"pgf_2");
-        let f = Frame::from_raw(raw);
+        let mut out = BytesMut::from(&b"x"[..]); // appended after what is queued
+        put_bind(&mut out, &b, b"pgf_2");
+        let f = Frame::from_raw(out.split_off(1).freeze());
         let b2 = BindView::new(f.body()).unwrap();
         assert_eq!(
             (b2.portal, b2.statement, b2.rest),
             (&b""[..], &b"pgf_2"[..], b.rest)
         );
+        put_target(&mut out, b'D', b'S', b"pgf_3");
+        assert_eq!(&out[..], b"xD\0\0\0\x0bSpgf_3\0");
         assert!(TargetView::new(b"Sname\0").is_ok());
         assert!(TargetView::new(b"Xname\0").is_err());
         assert!(TargetView::new(b"S").is_err());

@@ -1,12 +1,14 @@
 //! The set of pgferry-named prepared statements that exist on one server connection, bounded
 //! by `max_prepared_statements` with least-recently-used eviction.
 
+use crate::sql::BuildPassThrough;
 use std::collections::HashMap;
 
-/// Statements prepared on one server, keyed by the statement id (hash of text + types).
+/// Statements prepared on one server, keyed by the statement id (hash of text + types, so
+/// the map uses it as its hash).
 #[derive(Debug, Default)]
 pub struct Registry {
-    entries: HashMap<u64, u64>,
+    entries: HashMap<u64, u64, BuildPassThrough>,
     tick: u64,
     cap: usize,
 }
@@ -14,7 +16,7 @@ pub struct Registry {
 impl Registry {
     pub fn new(cap: usize) -> Self {
         Registry {
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             tick: 0,
             cap: cap.max(1),
         }
