@@ -1056,7 +1056,11 @@ impl Session<'_> {
             c.conn().conn.queue(f.raw());
             if let Some(p) = p {
                 if self.request_start.is_none() {
-                    self.request_start = Some(self.now());
+                    let now = self.now();
+                    self.request_start = Some(now);
+                    // The first request outside a transaction starts one (in session mode the
+                    // server stays between them).
+                    self.xact_start.get_or_insert(now);
                 }
                 self.pending.push_back(p);
             }
@@ -1303,7 +1307,9 @@ impl Session<'_> {
         sc.info.client.store(self.info.id, Ordering::Relaxed);
         self.info.server.store(sc.id, Ordering::Relaxed);
         self.info.set_state(ClientState::Active);
-        if self.xact_start.is_none() {
+        if self.mode != PoolMode::Session && self.xact_start.is_none() {
+            // Transaction mode links for a request: its transaction starts with the checkout.
+            // A session links at login, long before its first transaction.
             self.xact_start = Some(self.now());
         }
         self.server = Some(c);
@@ -1552,9 +1558,10 @@ impl Session<'_> {
                 st.xact_time_us
                     .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
             }
-            if self.mode == PoolMode::Session {
-                // A session keeps its server: the next transaction starts with its next request.
-                self.xact_start = None;
+            if !self.pending.is_empty() {
+                // Requests the client pipelined behind this one: the server starts on the next
+                // transaction now. Otherwise the next request starts it (`forward`).
+                self.xact_start = Some(now);
             }
         } else if self.xact_start.is_none() {
             self.xact_start = Some(now);

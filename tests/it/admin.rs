@@ -150,6 +150,73 @@ async fn totals_row(c: &Client, db: &str) -> std::collections::HashMap<String, S
         .unwrap()
 }
 
+/// Query and transaction times run from the request to the reply, whatever else the session
+/// did in between (they are read from a clock shared by everything handled between two waits,
+/// so a reading kept across a wait would show here as times near zero).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_times_span_the_server_work() {
+    query_times_in(PoolMode::Transaction).await;
+}
+
+/// The same in session mode, where the server stays linked between transactions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_times_span_the_server_work_in_session_mode() {
+    query_times_in(PoolMode::Session).await;
+}
+
+async fn query_times_in(mode: PoolMode) {
+    const SLEEP_MS: u64 = 150;
+    let env = env(mode, 2, with_admin).await;
+    let c = env.connect().await;
+    let wall = std::time::Instant::now();
+    // Two in the simple protocol, two in the extended one (Parse, Bind, Describe, Execute,
+    // Sync in one write), and two pipelined in one write: the second waits for the first.
+    for _ in 0..2 {
+        c.simple_query(&format!("SELECT pg_sleep({SLEEP_MS} / 1000.0)"))
+            .await
+            .unwrap();
+        c.query(
+            "SELECT pg_sleep($1::float8 / 1000.0)",
+            &[&(SLEEP_MS as f64)],
+        )
+        .await
+        .unwrap();
+    }
+    let q = "SELECT pg_sleep($1::float8 / 1000.0)";
+    let (a, b) = tokio::join!(
+        c.query(q, &[&(SLEEP_MS as f64)]),
+        c.query(q, &[&(SLEEP_MS as f64)])
+    );
+    a.unwrap();
+    b.unwrap();
+    let wall_us = u64::try_from(wall.elapsed().as_micros()).unwrap();
+    let sleeps_us = 6 * SLEEP_MS * 1000;
+
+    let admin = admin(&env).await;
+    let t = totals_row(&admin, "shop").await;
+    let query_us: u64 = t["query_time"].parse().unwrap();
+    let xact_us: u64 = t["xact_time"].parse().unwrap();
+    assert!(
+        (sleeps_us..=wall_us).contains(&query_us),
+        "query_time {query_us} µs: the server slept {sleeps_us} µs, the test took {wall_us} µs"
+    );
+    assert!(
+        (sleeps_us..=wall_us).contains(&xact_us),
+        "xact_time {xact_us} µs: the server slept {sleeps_us} µs, the test took {wall_us} µs"
+    );
+    // Insight times each statement: the pipelined second one from its arrival to its reply.
+    let q = records(&admin, "SHOW QUERIES").await;
+    let total_us: u64 = q
+        .iter()
+        .filter(|r| r["query"].to_lowercase().contains("pg_sleep"))
+        .map(|r| r["total_time_us"].parse::<u64>().unwrap())
+        .sum();
+    assert!(
+        (sleeps_us..=wall_us + sleeps_us).contains(&total_us),
+        "SHOW QUERIES total {total_us} µs for {sleeps_us} µs of sleeps in {wall_us} µs"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exact_counters_after_a_scripted_workload() {
     let env = env(PoolMode::Transaction, 2, with_admin).await;
