@@ -179,7 +179,13 @@ impl Pool {
                 return Ok(p);
             }
             let blocked = match self.caps.try_acquire() {
-                Ok(guard) => return Ok(self.open_retrying(guard, s, deadline, retry).await?),
+                Ok(guard) => {
+                    // Boxed: connecting (TCP, TLS, authentication) needs about 3 KB of future
+                    // state, and every client waiting for a server would otherwise carry it
+                    // (in the allocation each wait makes), though few ever connect.
+                    let open = Box::pin(self.open_retrying(guard, s, deadline, retry));
+                    return Ok(open.await?);
+                }
                 Err(b) => b,
             };
             let evicted = match blocked {
