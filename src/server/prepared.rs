@@ -1,14 +1,15 @@
 //! The set of pgferry-named prepared statements that exist on one server connection, bounded
 //! by `max_prepared_statements` with least-recently-used eviction.
 
-use crate::sql::BuildPassThrough;
 use std::collections::HashMap;
 
-/// Statements prepared on one server, keyed by the statement id (hash of text + types, so
-/// the map uses it as its hash).
+/// Statements prepared on one server, keyed by the statement id (hash of text + types). The
+/// id is computed with fixed keys, so clients could choose texts whose ids crowd one part of
+/// the table; the map hashes it again with a per-process random seed (foldhash: a few
+/// instructions for a `u64`, against SipHash's hundred).
 #[derive(Debug, Default)]
 pub struct Registry {
-    entries: HashMap<u64, u64, BuildPassThrough>,
+    entries: HashMap<u64, u64, foldhash::fast::RandomState>,
     tick: u64,
     cap: usize,
 }
