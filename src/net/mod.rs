@@ -220,7 +220,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
-            self.wbuf.advance(n);
+            if n == self.wbuf.len() {
+                // All of it (the usual case): the view stays at the start of its allocation,
+                // so the buffer need not be moved back before its next use.
+                self.wbuf.clear();
+            } else {
+                self.wbuf.advance(n);
+            }
         }
         self.stream.flush().await
     }
