@@ -141,23 +141,27 @@ pub fn backend_key(body: &[u8]) -> Result<(i32, i32), FrameError> {
     }
 }
 
-fn finish(buf: BytesMut, len_at: usize) -> Bytes {
-    let mut buf = buf;
-    let len = (buf.len() - len_at) as i32;
-    buf[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
-    buf.freeze()
+/// Starts a message in `out` (its tag and a length [`end`] fills in), with room reserved for
+/// a body of `body_len` bytes; returns where the message starts.
+fn begin(out: &mut BytesMut, tag: u8, body_len: usize) -> usize {
+    out.reserve(5 + body_len);
+    let at = out.len();
+    out.put_u8(tag);
+    out.put_u32(0);
+    at
 }
 
-fn start(tag: u8, cap: usize) -> (BytesMut, usize) {
-    let mut buf = BytesMut::with_capacity(cap + 5);
-    buf.put_u8(tag);
-    buf.put_u32(0);
-    (buf, 1)
+/// Writes the length of the message started at `at`, now that its body is in `out`.
+fn end(out: &mut BytesMut, at: usize) {
+    let len = (out.len() - at - 1) as i32;
+    out[at + 1..at + 5].copy_from_slice(&len.to_be_bytes());
 }
 
 /// A Parse with the statement renamed.
 pub fn rewrite_parse(p: &ParseView<'_>, new_name: &[u8]) -> Bytes {
-    let (mut buf, at) = start(
+    let mut buf = BytesMut::new();
+    let at = begin(
+        &mut buf,
         b'P',
         new_name.len() + p.query.len() + p.param_types.len() + 2,
     );
@@ -166,40 +170,43 @@ pub fn rewrite_parse(p: &ParseView<'_>, new_name: &[u8]) -> Bytes {
     buf.put_slice(p.query);
     buf.put_u8(0);
     buf.put_slice(p.param_types);
-    finish(buf, at)
+    end(&mut buf, at);
+    buf.freeze()
 }
 
 /// Appends to `out` a Bind with the statement renamed (straight into the server's output
 /// buffer: no message of its own is allocated).
 pub fn put_bind(out: &mut BytesMut, b: &BindView<'_>, new_statement: &[u8]) {
-    let len = 4 + b.portal.len() + new_statement.len() + b.rest.len() + 2;
-    out.reserve(1 + len);
-    out.put_u8(b'B');
-    out.put_u32(len as u32);
+    let at = begin(
+        out,
+        b'B',
+        b.portal.len() + new_statement.len() + b.rest.len() + 2,
+    );
     out.put_slice(b.portal);
     out.put_u8(0);
     out.put_slice(new_statement);
     out.put_u8(0);
     out.put_slice(b.rest);
+    end(out, at);
 }
 
 /// Appends to `out` a Describe or Close ('D'/'C') of a statement under another name.
 pub fn put_target(out: &mut BytesMut, tag: u8, kind: u8, new_name: &[u8]) {
-    let len = 4 + new_name.len() + 2;
-    out.reserve(1 + len);
-    out.put_u8(tag);
-    out.put_u32(len as u32);
+    let at = begin(out, tag, new_name.len() + 2);
     out.put_u8(kind);
     out.put_slice(new_name);
     out.put_u8(0);
+    end(out, at);
 }
 
 /// A simple Query message.
 pub fn query(sql: &str) -> Bytes {
-    let (mut buf, at) = start(b'Q', sql.len() + 1);
+    let mut buf = BytesMut::new();
+    let at = begin(&mut buf, b'Q', sql.len() + 1);
     buf.put_slice(sql.as_bytes());
     buf.put_u8(0);
-    finish(buf, at)
+    end(&mut buf, at);
+    buf.freeze()
 }
 
 #[cfg(test)]
