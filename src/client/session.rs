@@ -15,7 +15,7 @@ use crate::clock::Tick;
 use crate::config::{ClientTimeouts, PoolMode};
 use crate::insight::{DbQueries, SessionContext, SessionDetector};
 use crate::net::Stream;
-use crate::net::{Conn, NetError, Taken};
+use crate::net::{Conn, NetError};
 use crate::pool::{Checkout, Pool, PoolError};
 use crate::protocol::build::{self, Severity};
 use crate::protocol::views::{self, BindView, ParseView, TargetView};
@@ -476,12 +476,8 @@ impl Session<'_> {
                     continue;
                 }
                 match conn.take_frame(&mut small) {
-                    Ok(Some(Taken::Copied)) => {
-                        self.on_server_frame(FrameRef::new(&small)).await?;
-                        continue;
-                    }
-                    Ok(Some(Taken::Split(f))) => {
-                        self.on_server_frame(f.as_view()).await?;
+                    Ok(Some(taken)) => {
+                        self.on_server_frame(taken.view(&small)).await?;
                         continue;
                     }
                     Ok(None) => {}
@@ -499,11 +495,7 @@ impl Session<'_> {
             };
             match frame {
                 Ok(Some(taken)) => {
-                    let flow = match taken {
-                        Taken::Copied => self.on_client_frame(FrameRef::new(&small)).await?,
-                        Taken::Split(f) => self.on_client_frame(f.as_view()).await?,
-                    };
-                    if let Flow::Exit = flow {
+                    if let Flow::Exit = self.on_client_frame(taken.view(&small)).await? {
                         return Ok(End::Closed);
                     }
                     continue;

@@ -3,7 +3,7 @@
 //! are appended to an output buffer and sent in one syscall when the caller flushes.
 
 use crate::protocol::startup::{check_startup_len, parse_startup, StartupPacket};
-use crate::protocol::{measure_frame, split_frame, Frame, FrameError, Measured, Split};
+use crate::protocol::{measure_frame, split_frame, Frame, FrameError, FrameRef, Measured, Split};
 use bytes::{Buf, BytesMut};
 use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -33,6 +33,16 @@ pub enum Taken {
     Copied,
     /// A frame too large to copy.
     Split(Frame),
+}
+
+impl Taken {
+    /// The frame taken: in `small` (the buffer given to `take_frame`) or split off.
+    pub fn view<'a>(&'a self, small: &'a [u8]) -> FrameRef<'a> {
+        match self {
+            Taken::Copied => FrameRef::new(small),
+            Taken::Split(f) => f.as_view(),
+        }
+    }
 }
 
 /// Why a connection stopped.
