@@ -445,11 +445,11 @@ impl Session<'_> {
 
     /// Takes the server given at login (session mode). A separate future, so the login's
     /// checkout does not keep a slot in the session's future after it is attached.
+    /// Session mode: attaches the server the login took (its transactions are timed from
+    /// their first requests, not from here: see `linked`).
     async fn begin(&mut self, server: Option<Checkout>) {
         if let Some(c) = server {
             self.attach(c).await;
-            // Idle until the client's first request: session time is not transaction time.
-            self.xact_start = None;
         }
     }
 
