@@ -7,7 +7,7 @@ use crate::support::peak;
 
 use crate::common::*;
 use peak::{count, sleep_all, Peak};
-use pgferry::config::{AuthType, Database, PoolMode, User};
+use pgferry::config::{AuthType, Config, Database, PoolMode, User};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::Client;
@@ -194,14 +194,19 @@ async fn max_user_connections_caps_a_user_across_databases() {
     );
 }
 
+/// md5 logins, and at most `cap` clients of database shop.
+fn md5_with_db_client_cap(c: &mut Config, cap: u32) {
+    c.pgferry.auth_type = AuthType::Md5;
+    c.databases
+        .get_mut("shop")
+        .unwrap()
+        .max_db_client_connections = Some(cap);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_caps_per_database_and_per_user() {
     let env = env(PoolMode::Transaction, 2, |c| {
-        c.pgferry.auth_type = AuthType::Md5;
-        c.databases
-            .get_mut("shop")
-            .unwrap()
-            .max_db_client_connections = Some(3);
+        md5_with_db_client_cap(c, 3);
         c.users.insert(
             "app".into(),
             User {
@@ -243,14 +248,7 @@ async fn client_caps_per_database_and_per_user() {
 /// not when it has finished, and gives it back if it fails after that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_caps_hold_for_a_burst_of_concurrent_logins() {
-    let env = env(PoolMode::Transaction, 2, |c| {
-        c.pgferry.auth_type = AuthType::Md5;
-        c.databases
-            .get_mut("shop")
-            .unwrap()
-            .max_db_client_connections = Some(5);
-    })
-    .await;
+    let env = env(PoolMode::Transaction, 2, |c| md5_with_db_client_cap(c, 5)).await;
     let env = Arc::new(env);
     let burst = |n: usize| {
         let tasks: Vec<_> = (0..n)
