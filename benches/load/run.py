@@ -493,6 +493,16 @@ def write_userlist(path: Path) -> None:
     os.chmod(path, 0o644)
 
 
+def server_host(env: Env, args) -> str:
+    """Where the poolers reach PostgreSQL: loopback TCP, or with `--server-socket` the
+    directory of its Unix socket (a pooler on the database's own host)."""
+    return str(env.tmp / "sock") if args.server_socket else "127.0.0.1"
+
+
+def server_link(args) -> str:
+    return "to PostgreSQL over its Unix socket" if args.server_socket else "to PostgreSQL over loopback TCP"
+
+
 def setup_pgbouncer(env: Env, args, binary: str) -> None:
     port = env.ports["pgbouncer"] = free_port()
     d = env.tmp / "pgbouncer"
@@ -500,7 +510,7 @@ def setup_pgbouncer(env: Env, args, binary: str) -> None:
     write_userlist(d / "userlist.txt")
     ini = d / "pgbouncer.ini"
     ini.write_text(f"""[databases]
-{DB} = host=127.0.0.1 port={env.pg_port} dbname={DB}
+{DB} = host={server_host(env, args)} port={env.pg_port} dbname={DB}
 
 [pgbouncer]
 listen_addr = 127.0.0.1
@@ -557,7 +567,7 @@ log_disconnections = false
 {extra}
 
 [databases.{DB}]
-host = "127.0.0.1"
+host = "{server_host(env, args)}"
 port = {env.pg_port}
 dbname = "{DB}"
 """)
@@ -1279,6 +1289,8 @@ Options (`--help` for all):
 | `--idle-clients N` | 4000 | Idle connections for the RSS measurement; 0 skips it. |
 | `--idle-hold S` | 5 | Seconds the idle connections are held before RSS is read (longer than pgferry's `client_park_delay`). |
 | `--pgferry-set 'KEY = VALUE'` | `workers = 1` | Extra line for pgferry's `[pgferry]` table (repeatable). Without a `workers` line the benchmark adds `workers = 1` (one thread, like PgBouncer); `--pgferry-set 'workers = 0'` runs pgferry's default (a thread per core). |
+| `--server-socket` | | Both poolers reach PostgreSQL over its Unix socket (`host` = the socket directory), as a pooler on the database's own host would; clients and direct pgbench still use TCP. The latest such run is in [benchmarks-socket.md](benchmarks-socket.md) (`--md docs/benchmarks-socket.md --svg docs/benchmarks-socket.svg`). |
+| `--md FILE`, `--svg FILE` | `docs/benchmarks.md`, `.svg` | Where the report and plot go. |
 | `--no-build` | | Use the existing `target/release/pgferry` (or `--pgferry-bin`). |
 | `--no-docs` | | Print only; do not rewrite `docs/benchmarks.md` / `.svg`. |
 | `--json FILE` | | Also write every run's raw numbers to FILE. |
@@ -1310,9 +1322,10 @@ def write_report(args, argv, info, rows, targets, rss, target_eval, notes, md_pa
              f"max_connections {args.max_connections}; shared_buffers {args.shared_buffers}) |")
     L.append(f"| pgbench | {info['pgbench']}, scale {args.scale}, `-j 2`, {args.duration} s per run, "
              f"{args.rounds} round(s), interleaved |")
-    L.append(f"| PgBouncer | {info['pgbouncer']}, transaction mode, pool size {args.pool_size} |")
-    L.append(f"| pgferry | {info['pgferry']}, transaction mode, pool size {args.pool_size}"
-             + f"; `{'; '.join(pgferry_settings(args))}`" + " |")
+    L.append(f"| PgBouncer | {info['pgbouncer']}, transaction mode, pool size {args.pool_size}, "
+             f"{server_link(args)} |")
+    L.append(f"| pgferry | {info['pgferry']}, transaction mode, pool size {args.pool_size}, "
+             f"{server_link(args)}; `{'; '.join(pgferry_settings(args))}`" + " |")
     L.append(f"| rustc | {info['rustc']} |")
     L.append("")
     L.append(f"![tps per workload]({svg_rel})\n")
@@ -1381,6 +1394,9 @@ def parse_args(argv=None):
     ap.add_argument("--shared-buffers", default="256MB")
     ap.add_argument("--scale", type=int, default=10)
     ap.add_argument("--pgferry-set", action="append", default=[], metavar="'KEY = VALUE'")
+    ap.add_argument("--server-socket", action="store_true",
+                    help="poolers reach PostgreSQL over its Unix socket instead of loopback TCP "
+                         "(clients, and direct pgbench, still use TCP)")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--pgferry-bin", default=None)
     ap.add_argument("--pgbouncer-bin", default=None)

@@ -361,10 +361,14 @@ fn servers(ctx: &mut Ctx<'_>, app: &App) {
                 p.database.as_str(),
                 "none",
                 if active { "active" } else { "idle" },
-                s.addr.ip().to_string(),
+                s.addr.ip_text(),
                 s.addr.port(),
-                s.local_addr.map(|a| a.ip().to_string()),
-                s.local_addr.map_or(0, |a| a.port()),
+                // A Unix socket has no local address: "unix" and the port, as for clients.
+                Some(
+                    s.local_addr
+                        .map_or_else(|| "unix".to_owned(), |a| a.ip().to_string())
+                ),
+                s.local_addr.map_or(s.addr.port(), |a| a.port()),
                 timestamp(s.connect_time_us),
                 timestamp(s.request_time_us.load(Ordering::Relaxed)),
                 0,

@@ -5,19 +5,19 @@
 //! being delivered, so a late cancel never lands on another client's query.
 
 use crate::protocol::build;
+use crate::server::ServerAddr;
 use bytes::BytesMut;
 use dashmap::DashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::Notify;
 
 /// Where a client's query is running now.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct CancelTarget {
-    pub addr: SocketAddr,
+    pub addr: ServerAddr,
     pub pid: i32,
     pub secret: i32,
 }
@@ -53,7 +53,7 @@ impl CancelSlot {
             tokio::pin!(done);
             // Registered before the check, so the end of a delivery cannot slip in between.
             done.as_mut().enable();
-            if let Some(hit) = self.try_set(t) {
+            if let Some(hit) = self.try_set(t.clone()) {
                 return hit;
             }
             done.await;
@@ -152,7 +152,7 @@ impl CancelRegistry {
         // Hold the slot while delivering: the client cannot release its server meanwhile.
         let t = {
             let mut s = slot.state.lock();
-            let Some(t) = s.target else {
+            let Some(t) = s.target.clone() else {
                 drop(s);
                 // No server: a request waiting for one (if any) is cancelled before it runs.
                 slot.waiting.notify_waiters();
@@ -191,10 +191,19 @@ pub async fn send_cancel_bounded(t: CancelTarget, wait: Option<Duration>) -> boo
 }
 
 async fn send_cancel(t: CancelTarget) -> std::io::Result<()> {
-    let mut s = TcpStream::connect(t.addr).await?;
     let mut buf = BytesMut::new();
     build::cancel_request(&mut buf, t.pid, t.secret);
-    s.write_all(&buf).await?;
+    match &t.addr {
+        ServerAddr::Tcp(a) => deliver(TcpStream::connect(a).await?, &buf).await,
+        ServerAddr::Unix { path, .. } => deliver(UnixStream::connect(&**path).await?, &buf).await,
+    }
+}
+
+async fn deliver<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    request: &[u8],
+) -> std::io::Result<()> {
+    s.write_all(request).await?;
     // PostgreSQL closes the connection once it has signalled the backend.
     let mut sink = [0u8; 16];
     let _ = s.read(&mut sink).await;
@@ -214,11 +223,11 @@ mod tests {
         let registry = Arc::new(CancelRegistry::default());
         let (pid, secret, slot) = registry.register();
         let target = CancelTarget {
-            addr: server.local_addr().unwrap(),
+            addr: ServerAddr::Tcp(server.local_addr().unwrap()),
             pid: 42,
             secret: 7,
         };
-        assert_eq!(slot.try_set(Some(target)), Some(false));
+        assert_eq!(slot.try_set(Some(target.clone())), Some(false));
         assert!(!slot.was_hit());
         let r = registry.clone();
         let delivery =

@@ -701,7 +701,7 @@ impl Session<'_> {
             } else {
                 let sc = c.conn_ref();
                 let target = CancelTarget {
-                    addr: sc.addr,
+                    addr: sc.addr.clone(),
                     pid: sc.pid,
                     secret: sc.secret,
                 };
@@ -1823,7 +1823,7 @@ fn boxed_timeouts(t: ClientTimeouts) -> Option<Box<ClientTimeouts>> {
 fn cancel_target(c: &Checkout) -> CancelTarget {
     let sc = c.conn_ref();
     CancelTarget {
-        addr: sc.addr,
+        addr: sc.addr.clone(),
         pid: sc.pid,
         secret: sc.secret,
     }

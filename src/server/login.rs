@@ -3,7 +3,7 @@
 //! with a password or with the keys a client's login left behind), then the parameters and
 //! backend key the server reports until its first ReadyForQuery.
 
-use super::{ServerConn, ServerError, ServerInfo};
+use super::{socket_path, ServerAddr, ServerConn, ServerError, ServerInfo};
 use crate::auth::{AuthError, LearnedCredentials, ScramKeysClient, ServerCredentials};
 use crate::config::TlsMode;
 use crate::net::tls::SharedTls;
@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{lookup_host, TcpStream};
+use tokio::net::{lookup_host, TcpStream, UnixStream};
 
 /// The password pgferry presents to a server. Its `Debug` never shows a secret.
 #[derive(Clone)]
@@ -95,33 +95,15 @@ pub struct ServerTarget {
 
 /// Connects and logs in; on success the connection is idle and ready for queries.
 pub async fn connect(t: &ServerTarget) -> Result<ServerConn, ServerError> {
-    let fut = async {
-        let mut last = None;
-        for addr in lookup_host((t.host.as_str(), t.port))
-            .await
-            .map_err(ServerError::Connect)?
-        {
-            match TcpStream::connect(addr).await {
-                Ok(s) => return Ok((s, addr)),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(ServerError::Connect(last.unwrap_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::NotFound, "host resolved to no address")
-        })))
-    };
     let timeout = if t.connect_timeout.is_zero() {
         Duration::from_secs(3600)
     } else {
         t.connect_timeout
     };
-    let (stream, addr) = tokio::time::timeout(timeout, fut)
+    let (stream, addr) = tokio::time::timeout(timeout, open_socket(t))
         .await
         .map_err(|_| ServerError::ConnectTimeout)??;
-    stream.set_nodelay(true).map_err(ServerError::Connect)?;
-    t.tcp.apply(&stream).map_err(ServerError::Connect)?;
     let setup = async {
-        let stream = negotiate_tls(t, stream, addr).await?;
         let mut server =
             ServerConn::new(Conn::new(stream, t.max_packet_size), addr, t.max_prepared);
         login(&mut server, t).await?;
@@ -131,6 +113,47 @@ pub async fn connect(t: &ServerTarget) -> Result<ServerConn, ServerError> {
     tokio::time::timeout(timeout, setup)
         .await
         .map_err(|_| ServerError::ConnectTimeout)?
+}
+
+/// The server's socket, before the StartupMessage: a Unix socket when `host` is a directory
+/// (never TLS there, as in PgBouncer and libpq), otherwise TCP to the first address of `host`
+/// that accepts, with TCP_NODELAY, the keepalive settings and TLS per `server_tls_sslmode`.
+async fn open_socket(t: &ServerTarget) -> Result<(Stream, ServerAddr), ServerError> {
+    if let Some(path) = socket_path(&t.host, t.port) {
+        let s = UnixStream::connect(&*path)
+            .await
+            .map_err(|e| ServerError::Connect(with_path(e, &path)))?;
+        let addr = ServerAddr::Unix { path, port: t.port };
+        return Ok((Stream::from(s), addr));
+    }
+    let mut last = None;
+    let mut found = None;
+    for addr in lookup_host((t.host.as_str(), t.port))
+        .await
+        .map_err(ServerError::Connect)?
+    {
+        match TcpStream::connect(addr).await {
+            Ok(s) => {
+                found = Some((s, addr));
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let Some((tcp, addr)) = found else {
+        return Err(ServerError::Connect(last.unwrap_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, "host resolved to no address")
+        })));
+    };
+    tcp.set_nodelay(true).map_err(ServerError::Connect)?;
+    t.tcp.apply(&tcp).map_err(ServerError::Connect)?;
+    let stream = negotiate_tls(t, tcp, addr).await?;
+    Ok((stream, ServerAddr::Tcp(addr)))
+}
+
+/// An I/O error that names the socket file (`No such file or directory` alone says nothing).
+fn with_path(e: std::io::Error, path: &std::path::Path) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
 /// Length 8, code 80877103.

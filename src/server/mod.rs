@@ -16,10 +16,52 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Where a server connection goes: a TCP address, or a Unix socket when the database's `host`
+/// is a directory (starts with `/`, as in PgBouncer and libpq): `<dir>/.s.PGSQL.<port>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerAddr {
+    Tcp(SocketAddr),
+    Unix { path: Arc<Path>, port: u16 },
+}
+
+impl ServerAddr {
+    /// SHOW SERVERS' `addr`: the IP address, or `unix` (as PgBouncer).
+    pub fn ip_text(&self) -> String {
+        match self {
+            ServerAddr::Tcp(a) => a.ip().to_string(),
+            ServerAddr::Unix { .. } => "unix".to_owned(),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        match self {
+            ServerAddr::Tcp(a) => a.port(),
+            ServerAddr::Unix { port, .. } => *port,
+        }
+    }
+}
+
+impl std::fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerAddr::Tcp(a) => a.fmt(f),
+            ServerAddr::Unix { path, .. } => path.display().fmt(f),
+        }
+    }
+}
+
+/// The socket of PostgreSQL's `port` in directory `host`, when `host` names a directory (starts
+/// with `/`) rather than a host.
+pub fn socket_path(host: &str, port: u16) -> Option<Arc<Path>> {
+    host.starts_with('/')
+        .then(|| Arc::from(Path::new(host).join(format!(".s.PGSQL.{port}")).as_path()))
+}
 
 /// Why talking to a server failed.
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +122,7 @@ pub fn error_message(raw: &Bytes) -> String {
 #[derive(Debug)]
 pub struct ServerInfo {
     pub id: u64,
-    pub addr: SocketAddr,
+    pub addr: ServerAddr,
     pub local_addr: Option<SocketAddr>,
     pub pid: i32,
     pub connect_time_us: u64,
@@ -101,7 +143,7 @@ impl ServerInfo {
     fn clone_base(o: &ServerInfo) -> ServerInfo {
         ServerInfo {
             id: o.id,
-            addr: o.addr,
+            addr: o.addr.clone(),
             local_addr: o.local_addr,
             pid: o.pid,
             connect_time_us: o.connect_time_us,
@@ -139,7 +181,7 @@ pub struct ServerConn {
     pub conn: Conn<Stream>,
     /// Unique id for logs and the admin console.
     pub id: u64,
-    pub addr: SocketAddr,
+    pub addr: ServerAddr,
     /// The server's BackendKeyData (for cancel requests).
     pub pid: i32,
     pub secret: i32,
@@ -161,14 +203,14 @@ pub struct ServerConn {
 }
 
 impl ServerConn {
-    fn new(conn: Conn<Stream>, addr: SocketAddr, max_prepared: usize) -> Self {
+    fn new(conn: Conn<Stream>, addr: ServerAddr, max_prepared: usize) -> Self {
         let now = Tick::now();
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let local_addr = conn.stream().local_addr();
         ServerConn {
             info: Arc::new(ServerInfo {
                 id,
-                addr,
+                addr: addr.clone(),
                 local_addr,
                 pid: 0,
                 connect_time_us: now.wall_us(),

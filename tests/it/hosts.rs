@@ -97,3 +97,77 @@ async fn a_dead_first_host_is_skipped_not_retried_per_connection() {
     }
     other.shutdown().await;
 }
+
+/// `host` = a directory reaches PostgreSQL over its Unix socket there (as PgBouncer and libpq):
+/// queries and cancels go through the socket, TLS is not attempted on it even when
+/// server_tls_sslmode requires it, SHOW SERVERS says `unix`, and a directory without the
+/// server's socket fails the login with the socket's path in the message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_directory_as_host_uses_the_unix_socket() {
+    let pg = tokio::task::spawn_blocking(cluster).await.unwrap();
+    let dir = pg.socket_dir().to_str().unwrap().to_owned();
+    let env = env_with(pg, PoolMode::Transaction, 2, |c| {
+        c.databases.get_mut("shop").unwrap().host = dir.clone();
+        c.pgferry.server_tls_sslmode = pgferry::config::TlsMode::Require;
+        c.pgferry.admin_users = vec!["app".into()];
+    })
+    .await;
+    let c = env.connect().await;
+    let row = c
+        .query_one(
+            "SELECT client_addr IS NULL, count(*) FROM pg_stat_activity, items \
+             WHERE pid = pg_backend_pid() GROUP BY 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(
+        row.get::<_, bool>(0),
+        "the server connection is not a Unix socket"
+    );
+    assert_eq!(row.get::<_, i64>(1), 100);
+
+    let admin = connect_url(
+        &env.url("app", APP_PW)
+            .replace("dbname=shop", "dbname=pgbouncer"),
+    )
+    .await
+    .unwrap();
+    let servers = records(&admin, "SHOW SERVERS").await;
+    assert!(!servers.is_empty());
+    for s in &servers {
+        assert_eq!(s["addr"], "unix", "{s:?}");
+        assert_eq!(s["port"], env.pg.port().to_string(), "{s:?}");
+        assert_eq!(s["tls"], "", "{s:?}");
+    }
+
+    // A cancel reaches the query over the socket.
+    let token = c.cancel_token();
+    let sleeper = tokio::spawn(async move { c.simple_query("SELECT pg_sleep(30)").await });
+    let direct = env.direct().await;
+    running_backend(&direct, "%pg_sleep(30)%").await;
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), sleeper)
+        .await
+        .expect("the cancel did not reach the server")
+        .unwrap();
+    assert_eq!(sqlstate(&r.unwrap_err()).as_deref(), Some("57014"));
+
+    // No socket in the directory: the login fails and says where pgferry looked.
+    let mut cfg = env.config.clone();
+    cfg.databases.get_mut("shop").unwrap().host = "/nonexistent-pgferry-dir".into();
+    cfg.pgferry.metrics_addr = String::new();
+    let other = pgferry::app::start(cfg).await.unwrap();
+    let url = env.url("app", APP_PW).replace(
+        &format!("port={}", env.addr.port()),
+        &format!("port={}", other.addr.port()),
+    );
+    let err = match connect_url(&url).await {
+        Ok(c) => c.simple_query("SELECT 1").await.unwrap_err(),
+        Err(e) => e,
+    };
+    let text = format!("{err:?}");
+    let socket = format!("/nonexistent-pgferry-dir/.s.PGSQL.{}", env.pg.port());
+    assert!(text.contains(&socket), "{text}");
+    other.shutdown().await;
+}
