@@ -191,6 +191,15 @@ fn syntax_and_type_errors_have_lines() {
 }
 
 #[test]
+fn socket_directories_load_and_abstract_sockets_are_refused() {
+    let c = parse(&format!("{MINIMAL}host = \"/var/run/postgresql\"\n")).unwrap();
+    assert_eq!(c.databases["shop"].host, "/var/run/postgresql");
+    let e = parse_err(&format!("{MINIMAL}host = \"127.0.0.1, @pg\"\n"));
+    assert_eq!(e.key.as_deref(), Some("databases.shop.host"), "{e}");
+    assert!(e.message.contains("abstract"), "{e}");
+}
+
+#[test]
 fn zero_pool_size_names_key_and_line() {
     let text = "[pgferry]\nauth_type = \"trust\"\n\n[databases.other]\npool_size = 5\n\n\
                 [databases.shop]\nhost = \"db\"\npool_size = 0\n";
@@ -434,6 +443,9 @@ fn upstream_without_password_is_trust() {
 
 #[test]
 fn upstream_url_variants() {
+    // A percent-encoded directory: the server's Unix socket there.
+    let u = parse_url("postgres://app@%2Fvar%2Frun%2Fpostgresql:5433/shop").unwrap();
+    assert_eq!((u.host.as_str(), u.port), ("/var/run/postgresql", 5433));
     let u = parse_url("postgres://us%40er:p%40ss%3Aw%2Fd@h/").unwrap();
     assert_eq!(u.user, "us@er");
     assert_eq!(u.password.as_deref(), Some("p@ss:w/d"));

@@ -59,6 +59,12 @@ impl Config {
             if db.host.split(',').any(|h| h.trim().is_empty()) {
                 return Err(msg(key("host"), "a host in the list is empty"));
             }
+            if db.host.split(',').any(|h| h.trim().starts_with('@')) {
+                return Err(msg(
+                    key("host"),
+                    "abstract Unix sockets (`@name`) are not supported; give the socket's directory",
+                ));
+            }
             if let Some(t) = db.server_lifetime {
                 check_timeout(&["databases", name, "server_lifetime"], t)?;
             }
