@@ -205,7 +205,12 @@ impl App {
             (auth::auth_source(&cfg, &users, db)?, timeout)
         };
         match src {
-            Some(src) => self.auth_lookup.lookup(&src, user, timeout).await,
+            Some(src) => {
+                let tls = self.tls.load().server.clone();
+                self.auth_lookup
+                    .lookup(&src, user, timeout, tls.as_ref())
+                    .await
+            }
             None => Ok(None),
         }
     }

@@ -13,8 +13,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::config::TlsMode;
+use crate::net::tls::ServerTls;
 use dashmap::DashMap;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::scram_secret::{hmac_sha256, ScramSecret};
 use super::userlist::{parse_secret, Secret};
@@ -200,12 +204,14 @@ impl AuthLookup {
     }
 
     /// The secret of `user` according to `src`: `Ok(None)` when the query returns no row or
-    /// a NULL / empty secret. `timeout` bounds connecting and querying together.
+    /// a NULL / empty secret. `timeout` bounds connecting and querying together; a new lookup
+    /// connection uses TLS as server connections do (`tls`: `server_tls_*`, `None` = plain).
     pub async fn lookup(
         &self,
         src: &AuthSource,
         user: &str,
         timeout: Duration,
+        tls: Option<&ServerTls>,
     ) -> Result<Option<Secret>, LookupError> {
         let state = match self.sources.get(src) {
             Some(s) => s.clone(),
@@ -219,7 +225,7 @@ impl AuthLookup {
         if let Some(hit) = self.cached(&state, user) {
             return Ok(hit);
         }
-        let answer = tokio::time::timeout(timeout, query_secret(&mut conn, src, user))
+        let answer = tokio::time::timeout(timeout, query_secret(&mut conn, src, user, tls))
             .await
             .unwrap_or(Err(LookupError::Timeout));
         match answer {
@@ -267,11 +273,12 @@ async fn query_secret(
     conn: &mut Option<Client>,
     src: &AuthSource,
     user: &str,
+    tls: Option<&ServerTls>,
 ) -> Result<Option<Secret>, LookupError> {
     let mut retried = false;
     loop {
         if conn.as_ref().is_none_or(Client::is_closed) {
-            *conn = Some(connect(src).await?);
+            *conn = Some(connect(src, tls).await?);
         }
         let Some(client) = conn.as_ref() else {
             return Err(LookupError::Connect("no connection".into()));
@@ -288,22 +295,53 @@ async fn query_secret(
     }
 }
 
-async fn connect(src: &AuthSource) -> Result<Client, LookupError> {
-    let mut cfg = tokio_postgres::Config::new();
+/// Connects as `auth_user` to the first host that answers. TLS as for server connections
+/// (the lookup's answers are password secrets): `server_tls_sslmode` prefer asks for it,
+/// require and verify-* insist (verify-* check the certificate as pool connections do), and
+/// a Unix socket directory never uses it.
+async fn connect(src: &AuthSource, tls: Option<&ServerTls>) -> Result<Client, LookupError> {
+    let mut last = LookupError::Connect("no host".into());
     for host in &src.hosts {
-        cfg.host(host);
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host(host)
+            .port(src.port)
+            .user(&src.user)
+            .dbname(&src.dbname)
+            .application_name("pgferry auth_query");
+        if let Some(p) = &src.password {
+            cfg.password(p);
+        }
+        let r = match tls.filter(|_| !host.starts_with('/')) {
+            None => {
+                cfg.ssl_mode(SslMode::Disable);
+                spawn_connection(cfg.connect(NoTls).await)
+            }
+            Some(t) => {
+                cfg.ssl_mode(match t.mode {
+                    TlsMode::Prefer => SslMode::Prefer,
+                    _ => SslMode::Require,
+                });
+                let tls = MakeRustlsConnect::new((*t.config).clone());
+                spawn_connection(cfg.connect(tls).await)
+            }
+        };
+        match r {
+            Ok(client) => return Ok(client),
+            Err(e) => last = e,
+        }
     }
-    cfg.port(src.port)
-        .user(&src.user)
-        .dbname(&src.dbname)
-        .application_name("pgferry auth_query");
-    if let Some(p) = &src.password {
-        cfg.password(p);
-    }
-    let (client, connection) = cfg
-        .connect(NoTls)
-        .await
-        .map_err(|e| LookupError::Connect(error_text(&e)))?;
+    Err(last)
+}
+
+/// Runs a new connection's I/O in its own task; the client is what lookups use.
+fn spawn_connection<S, T>(
+    r: Result<(Client, tokio_postgres::Connection<S, T>), tokio_postgres::Error>,
+) -> Result<Client, LookupError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (client, connection) = r.map_err(|e| LookupError::Connect(error_text(&e)))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!("auth_query connection closed: {e}");
@@ -331,7 +369,17 @@ fn secret_of(rows: &[tokio_postgres::Row]) -> Result<Option<Secret>, LookupError
 fn error_text(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
+        None => {
+            // The cause says what went wrong ("error performing TLS handshake" alone does not).
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                text.push_str(": ");
+                text.push_str(&c.to_string());
+                cause = c.source();
+            }
+            text
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use crate::support::forward;
 use crate::common::*;
 use forward::Forward;
 use pgferry::config::{AuthType, PoolMode};
+use pgferry::testkit::PasswordMethod;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -99,19 +100,31 @@ async fn a_dead_first_host_is_skipped_not_retried_per_connection() {
 }
 
 /// `host` = a directory reaches PostgreSQL over its Unix socket there (as PgBouncer and libpq):
-/// queries and cancels go through the socket, TLS is not attempted on it even when
-/// server_tls_sslmode requires it, SHOW SERVERS says `unix`, and a directory without the
-/// server's socket fails the login with the socket's path in the message.
+/// queries, auth_query lookups and cancels go through the socket, TLS is not attempted on it
+/// even when server_tls_sslmode requires it, SHOW SERVERS says `unix`, and a directory without
+/// the server's socket fails the login with the socket's path in the message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_directory_as_host_uses_the_unix_socket() {
-    let pg = tokio::task::spawn_blocking(cluster).await.unwrap();
+    let pg = tokio::task::spawn_blocking(|| {
+        let pg = cluster();
+        pg.create_user("sock_aq", "sock-pass", PasswordMethod::Md5)
+            .unwrap();
+        pg
+    })
+    .await
+    .unwrap();
     let dir = pg.socket_dir().to_str().unwrap().to_owned();
     let env = env_with(pg, PoolMode::Transaction, 2, |c| {
         c.databases.get_mut("shop").unwrap().host = dir.clone();
         c.pgferry.server_tls_sslmode = pgferry::config::TlsMode::Require;
         c.pgferry.admin_users = vec!["app".into()];
+        c.pgferry.auth_type = AuthType::Md5;
+        c.pgferry.auth_user = Some("postgres".into());
     })
     .await;
+    // A user pgferry knows only through auth_query, run over the socket.
+    let aq = env.try_connect("sock_aq", "sock-pass").await.unwrap();
+    aq.simple_query("SELECT 1").await.unwrap();
     let c = env.connect().await;
     let row = c
         .query_one(

@@ -667,3 +667,56 @@ async fn plain_to(port: u16, db: &str) -> Client {
     .await
     .unwrap()
 }
+
+/// auth_query's own connection follows server_tls_sslmode like pool connections: it carries
+/// password secrets, so under require it must not go in plain text, and under verify-full a
+/// certificate that does not name the host stops the lookup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_query_connections_use_server_tls() {
+    let pki = Pki::new();
+    let pg = ssl_cluster(&pki).await;
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.create_user("aq", "aq-pass", pgferry::testkit::PasswordMethod::Md5)
+            .unwrap();
+        pg
+    })
+    .await
+    .unwrap();
+    let port = pg.port();
+    let looked_up = |c: &mut Config, mode: TlsMode| {
+        c.pgferry.auth_type = AuthType::Md5;
+        c.pgferry.auth_user = Some("postgres".into());
+        c.pgferry.server_tls_sslmode = mode;
+        c.pgferry.server_tls_ca_file = Some(pki.ca.clone());
+    };
+    let aq_url =
+        |r: &Running| url(r).replace("user=app password=app-secret", "user=aq password=aq-pass");
+    let direct = direct_to(port).await;
+
+    let (ferry_req, _d1) = ferry(port, |c| looked_up(c, TlsMode::Require)).await;
+    let c = connect_url(&aq_url(ferry_req.as_ref().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(backend_ssl(&c).await, (true, None));
+    let lookups: Vec<bool> = direct
+        .query(
+            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = 'pgferry auth_query'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(lookups, vec![true], "auth_query connections (ssl of each)");
+
+    // verify-full to 127.0.0.1: PostgreSQL's certificate names only localhost.
+    let (ferry_full, _d2) = ferry(port, |c| looked_up(c, TlsMode::VerifyFull)).await;
+    let err = connect_url(&aq_url(ferry_full.as_ref().unwrap()))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("08006"), "{err:?}");
+    assert!(msg(&err).contains("auth_user"), "{err:?}");
+    assert!(msg(&err).contains("certificate"), "{err:?}");
+}
