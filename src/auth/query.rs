@@ -311,7 +311,7 @@ async fn connect(src: &AuthSource, tls: Option<&ServerTls>) -> Result<Client, Lo
         if let Some(p) = &src.password {
             cfg.password(p);
         }
-        let r = match tls.filter(|_| !host.starts_with('/')) {
+        let r = match tls.filter(|_| !crate::server::is_socket_dir(host)) {
             None => {
                 cfg.ssl_mode(SslMode::Disable);
                 spawn_connection(cfg.connect(NoTls).await)

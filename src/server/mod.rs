@@ -47,19 +47,15 @@ impl ServerAddr {
     }
 }
 
-impl std::fmt::Display for ServerAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ServerAddr::Tcp(a) => a.fmt(f),
-            ServerAddr::Unix { path, .. } => path.display().fmt(f),
-        }
-    }
+/// True when a database's `host` names the directory of the server's Unix socket (starts with
+/// `/`, as in PgBouncer and libpq) rather than a host.
+pub fn is_socket_dir(host: &str) -> bool {
+    host.starts_with('/')
 }
 
-/// The socket of PostgreSQL's `port` in directory `host`, when `host` names a directory (starts
-/// with `/`) rather than a host.
+/// The socket of PostgreSQL's `port` in directory `host`, when `host` is one.
 pub fn socket_path(host: &str, port: u16) -> Option<Arc<Path>> {
-    host.starts_with('/')
+    is_socket_dir(host)
         .then(|| Arc::from(Path::new(host).join(format!(".s.PGSQL.{port}")).as_path()))
 }
 
