@@ -345,7 +345,7 @@ pub(super) async fn refuse_for_server(
             refuse(
                 conn,
                 "08006",
-                &format!("pgferry could not connect to server: {e}"),
+                &format!("pgferry could not connect to server: {}", e.detail()),
             )
             .await
         }

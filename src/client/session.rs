@@ -1174,7 +1174,7 @@ impl Session<'_> {
             }
             Err(e) => {
                 tracing::warn!(db = %self.pool.database, error = %e, "no server connection");
-                let msg = format!("pgferry could not connect to server: {e}");
+                let msg = format!("pgferry could not connect to server: {}", e.detail());
                 if extended {
                     self.local_error("08006", &msg);
                 } else {

@@ -319,7 +319,7 @@ impl Pool {
             let mut conn = match r {
                 Ok(c) => c,
                 Err(e) if e.is_transient() => {
-                    h.mark_down(cool_down, reason(&e));
+                    h.mark_down(cool_down, e.detail());
                     last = Some(e);
                     continue;
                 }
@@ -363,14 +363,6 @@ fn down_error(hosts: &HostSet) -> ServerError {
         .down_reason()
         .unwrap_or_else(|| "no server host is available".into());
     ServerError::Connect(std::io::Error::other(why))
-}
-
-/// A failure as remembered for a host (without the "could not connect" prefix).
-fn reason(e: &ServerError) -> String {
-    match e {
-        ServerError::Connect(io) => io.to_string(),
-        other => other.to_string(),
-    }
 }
 
 /// A server connection lent to one client. Dropping it closes the connection: only a

@@ -50,6 +50,16 @@ pub enum PoolError {
     Closed,
 }
 
+impl PoolError {
+    /// As [`ServerError::detail`]: the reason, for a message that says "could not connect".
+    pub fn detail(&self) -> String {
+        match self {
+            PoolError::Server(e) => e.detail(),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// Counters for one pool (read by the demo, the admin console and metrics). Totals are
 /// PgBouncer's: times in microseconds, bytes as seen on the client side.
 #[derive(Debug, Default)]

@@ -90,6 +90,16 @@ pub enum ServerError {
 }
 
 impl ServerError {
+    /// The error without the "could not connect to server" of a failed connect, for messages
+    /// that already say it (the client's "pgferry could not connect to server: …", a host's
+    /// remembered failure).
+    pub fn detail(&self) -> String {
+        match self {
+            ServerError::Connect(io) => io.to_string(),
+            other => other.to_string(),
+        }
+    }
+
     /// True when trying again shortly may succeed: the server is unreachable, restarting
     /// (57P01–57P03), out of connection slots (53300), or dropped the connection mid-login.
     pub fn is_transient(&self) -> bool {
