@@ -444,9 +444,8 @@ impl Session<'_> {
     }
 
     /// Takes the server given at login (session mode). A separate future, so the login's
-    /// checkout does not keep a slot in the session's future after it is attached.
-    /// Session mode: attaches the server the login took (its transactions are timed from
-    /// their first requests, not from here: see `linked`).
+    /// checkout does not keep a slot in the session's future after it is attached. Its
+    /// transactions are timed from their first requests, not from here (see `linked`).
     async fn begin(&mut self, server: Option<Checkout>) {
         if let Some(c) = server {
             self.attach(c).await;
@@ -699,12 +698,7 @@ impl Session<'_> {
             if self.is_idle() {
                 self.server = Some(c); // clean: finish() gives it back
             } else {
-                let sc = c.conn_ref();
-                let target = CancelTarget {
-                    addr: sc.addr.clone(),
-                    pid: sc.pid,
-                    secret: sc.secret,
-                };
+                let target = cancel_target(&c);
                 drop(c); // closed, never pooled
                 self.cancel.set(None).await;
                 if !self.pending.is_empty() {
@@ -1823,7 +1817,7 @@ fn boxed_timeouts(t: ClientTimeouts) -> Option<Box<ClientTimeouts>> {
 fn cancel_target(c: &Checkout) -> CancelTarget {
     let sc = c.conn_ref();
     CancelTarget {
-        addr: sc.addr.clone(),
+        addr: sc.info.addr.clone(),
         pid: sc.pid,
         secret: sc.secret,
     }

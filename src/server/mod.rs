@@ -187,7 +187,6 @@ pub struct ServerConn {
     pub conn: Conn<Stream>,
     /// Unique id for logs and the admin console.
     pub id: u64,
-    pub addr: ServerAddr,
     /// The server's BackendKeyData (for cancel requests).
     pub pid: i32,
     pub secret: i32,
@@ -216,7 +215,7 @@ impl ServerConn {
         ServerConn {
             info: Arc::new(ServerInfo {
                 id,
-                addr: addr.clone(),
+                addr,
                 local_addr,
                 pid: 0,
                 connect_time_us: now.wall_us(),
@@ -231,7 +230,6 @@ impl ServerConn {
             generation: 0,
             conn,
             id,
-            addr,
             pid: 0,
             secret: 0,
             params: HashMap::new(),
