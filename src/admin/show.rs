@@ -308,6 +308,7 @@ fn clients(ctx: &mut Ctx<'_>, app: &App) {
     let mut t = Table::new(&mut ctx.out, SOCKETS);
     for c in list {
         let server = c.server.load(Ordering::Relaxed);
+        let (local_addr, local_port) = local_end(c.local_addr, c.addr.port());
         let state = c.state();
         let since = c.wait_start_us.load(Ordering::Relaxed);
         let wait = if state == ClientState::Waiting && since > 0 {
@@ -325,11 +326,8 @@ fn clients(ctx: &mut Ctx<'_>, app: &App) {
             c.local_addr
                 .map_or_else(|| "unix".to_owned(), |_| c.addr.ip().to_string()),
             c.addr.port(),
-            Some(
-                c.local_addr
-                    .map_or_else(|| "unix".to_owned(), |a| a.ip().to_string())
-            ),
-            c.local_addr.map_or(c.addr.port(), |a| a.port()),
+            Some(local_addr),
+            local_port,
             timestamp(c.connect_time_us),
             timestamp(c.request_time_us.load(Ordering::Relaxed)),
             wait / 1_000_000,
@@ -347,6 +345,15 @@ fn clients(ctx: &mut Ctx<'_>, app: &App) {
     t.finish();
 }
 
+/// `local_addr` and `local_port` of a connection: pgferry's end, or on a Unix socket (which has
+/// no local address) `unix` and `port`, as PgBouncer shows them.
+fn local_end(local: Option<std::net::SocketAddr>, port: u16) -> (String, u16) {
+    local.map_or_else(
+        || ("unix".to_owned(), port),
+        |a| (a.ip().to_string(), a.port()),
+    )
+}
+
 fn servers(ctx: &mut Ctx<'_>, app: &App) {
     let mut t = Table::new(&mut ctx.out, SOCKETS);
     for p in app.all_pools() {
@@ -355,6 +362,7 @@ fn servers(ctx: &mut Ctx<'_>, app: &App) {
         for s in list {
             let client = s.client.load(Ordering::Relaxed);
             let active = s.active.load(Ordering::Relaxed);
+            let (local_addr, local_port) = local_end(s.local_addr, s.addr.port());
             t.row(row![
                 "S",
                 p.user.as_str(),
@@ -363,12 +371,8 @@ fn servers(ctx: &mut Ctx<'_>, app: &App) {
                 if active { "active" } else { "idle" },
                 s.addr.ip_text(),
                 s.addr.port(),
-                // A Unix socket has no local address: "unix" and the port, as for clients.
-                Some(
-                    s.local_addr
-                        .map_or_else(|| "unix".to_owned(), |a| a.ip().to_string())
-                ),
-                s.local_addr.map_or(s.addr.port(), |a| a.port()),
+                Some(local_addr),
+                local_port,
                 timestamp(s.connect_time_us),
                 timestamp(s.request_time_us.load(Ordering::Relaxed)),
                 0,

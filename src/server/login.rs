@@ -127,28 +127,23 @@ async fn open_socket(t: &ServerTarget) -> Result<(Stream, ServerAddr), ServerErr
         return Ok((Stream::from(s), addr));
     }
     let mut last = None;
-    let mut found = None;
     for addr in lookup_host((t.host.as_str(), t.port))
         .await
         .map_err(ServerError::Connect)?
     {
         match TcpStream::connect(addr).await {
-            Ok(s) => {
-                found = Some((s, addr));
-                break;
+            Ok(tcp) => {
+                tcp.set_nodelay(true).map_err(ServerError::Connect)?;
+                t.tcp.apply(&tcp).map_err(ServerError::Connect)?;
+                let stream = negotiate_tls(t, tcp, addr).await?;
+                return Ok((stream, ServerAddr::Tcp(addr)));
             }
             Err(e) => last = Some(e),
         }
     }
-    let Some((tcp, addr)) = found else {
-        return Err(ServerError::Connect(last.unwrap_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::NotFound, "host resolved to no address")
-        })));
-    };
-    tcp.set_nodelay(true).map_err(ServerError::Connect)?;
-    t.tcp.apply(&tcp).map_err(ServerError::Connect)?;
-    let stream = negotiate_tls(t, tcp, addr).await?;
-    Ok((stream, ServerAddr::Tcp(addr)))
+    Err(ServerError::Connect(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, "host resolved to no address")
+    })))
 }
 
 /// An I/O error that names the socket file (`No such file or directory` alone says nothing).
