@@ -7,7 +7,6 @@ use crate::support::forward;
 use crate::common::*;
 use forward::Forward;
 use pgferry::config::{AuthType, PoolMode};
-use pgferry::testkit::PasswordMethod;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -105,14 +104,8 @@ async fn a_dead_first_host_is_skipped_not_retried_per_connection() {
 /// the server's socket fails the login with the socket's path in the message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_directory_as_host_uses_the_unix_socket() {
-    let pg = tokio::task::spawn_blocking(|| {
-        let pg = cluster();
-        pg.create_user("sock_aq", "sock-pass", PasswordMethod::Md5)
-            .unwrap();
-        pg
-    })
-    .await
-    .unwrap();
+    let pg = tokio::task::spawn_blocking(cluster).await.unwrap();
+    let pg = with_md5_role(pg, "sock_aq", "sock-pass").await;
     let dir = pg.socket_dir().to_str().unwrap().to_owned();
     let env = env_with(pg, PoolMode::Transaction, 2, |c| {
         c.databases.get_mut("shop").unwrap().host = dir.clone();

@@ -674,14 +674,7 @@ async fn plain_to(port: u16, db: &str) -> Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_query_connections_use_server_tls() {
     let pki = Pki::new();
-    let pg = ssl_cluster(&pki).await;
-    let pg = tokio::task::spawn_blocking(move || {
-        pg.create_user("aq", "aq-pass", pgferry::testkit::PasswordMethod::Md5)
-            .unwrap();
-        pg
-    })
-    .await
-    .unwrap();
+    let pg = with_md5_role(ssl_cluster(&pki).await, "aq", "aq-pass").await;
     let port = pg.port();
     let looked_up = |c: &mut Config, mode: TlsMode| {
         c.pgferry.auth_type = AuthType::Md5;

@@ -47,6 +47,17 @@ pub fn cluster_with(opts: ClusterOptions) -> PgCluster {
     pg
 }
 
+/// `pg` with one more role, `user` with an md5-stored password `pw` (a user pgferry can find
+/// only through auth_query), created off the async runtime.
+pub async fn with_md5_role(pg: PgCluster, user: &'static str, pw: &'static str) -> PgCluster {
+    tokio::task::spawn_blocking(move || {
+        pg.create_user(user, pw, PasswordMethod::Md5).unwrap();
+        pg
+    })
+    .await
+    .unwrap()
+}
+
 /// pgferry settings used by most tests: auth_file with both users, SCRAM for clients.
 pub fn base_config(pg_port: u16, mode: PoolMode, pool_size: u32, dir: &std::path::Path) -> Config {
     let userlist = dir.join("userlist.txt");
