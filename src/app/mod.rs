@@ -122,6 +122,8 @@ pub struct App {
     pub admin: crate::admin::AdminState,
     /// Statement analysis, memoized by text (fingerprints, classification).
     pub sql: crate::sql::SqlCache,
+    /// `auto_prepare` plans by statement shape.
+    pub autoprep: crate::client::autoprep::Memo,
     /// Per-fingerprint statistics and N+1 events.
     pub insight: crate::insight::Insight,
     /// Server connection caps per database and per user (max_db/max_user_connections).
@@ -144,6 +146,7 @@ impl App {
             tls: Arc::new(ArcSwap::from_pointee(tls)),
             lot: Default::default(),
             sql: crate::sql::SqlCache::default(),
+            autoprep: Default::default(),
             insight,
             caps: Default::default(),
             hosts: Default::default(),

@@ -1,6 +1,7 @@
 //! One task per client: startup negotiation, authentication, login, then the session loop
 //! (`session`) that routes the client's messages to pooled server connections.
 
+pub mod autoprep;
 mod login;
 pub mod params;
 pub mod park;

@@ -4,6 +4,7 @@
 //! statements (renamed and prepared lazily on each server), re-applies the client's parameters
 //! on every server it gets, and answers locally what no server needs to see.
 
+use super::autoprep::{error_in_client_text, AutoPrepared};
 use super::login::Login;
 use super::params::ClientParams;
 use super::statements::{ByName, Statements, Stmt};
@@ -41,8 +42,14 @@ enum Pending {
         id: Option<u64>,
         name: Option<Box<[u8]>>,
     },
-    Bind,
-    Describe,
+    /// `hidden`: sent by pgferry for an auto-prepared simple query (its BindComplete, and the
+    /// NoData of its Describe, are not shown to the client).
+    Bind {
+        hidden: bool,
+    },
+    Describe {
+        hidden: bool,
+    },
     /// `copy_ends`: CopyDone/CopyFail messages the client had sent when this was forwarded.
     Execute {
         copy_ends: u64,
@@ -51,8 +58,11 @@ enum Pending {
     Close {
         hidden: bool,
     },
+    /// `auto`: ends an auto-prepared simple query (an error's position is mapped back to
+    /// the client's text).
     Sync {
         copy_ends: u64,
+        auto: Option<Arc<AutoPrepared>>,
     },
     /// A simple Query or FunctionCall: answered up to its ReadyForQuery.
     Query {
@@ -639,18 +649,23 @@ impl Session<'_> {
         *self.clock.get_or_insert_with(Tick::now)
     }
 
-    /// The earliest per-client timeout that can end the coming wait, if any is set. The idle
-    /// timeouts count from the start of the wait: the client has been silent since then.
-    fn deadline(&mut self) -> Option<(Tick, Timeout)> {
+    /// Takes up the configuration of the latest RELOAD or SET, if there was one since.
+    fn refresh_config(&mut self) {
         let gen = self.app.config_gen.load(Ordering::Acquire);
         if gen != self.config_gen {
-            // RELOAD: the new timeouts apply from the next wait on.
             self.config_gen = gen;
             self.config = self.app.config.load_full();
             self.timeouts = boxed_timeouts(self.config.client_timeouts_for(&self.info.user));
             // What kept the client from being parked may have changed too.
             self.info.kill.reconsider_park();
         }
+    }
+
+    /// The earliest per-client timeout that can end the coming wait, if any is set. The idle
+    /// timeouts count from the start of the wait: the client has been silent since then.
+    fn deadline(&mut self) -> Option<(Tick, Timeout)> {
+        // RELOAD: the new timeouts apply from the next wait on.
+        self.refresh_config();
         let t = **self.timeouts.as_ref()?;
         let now = Tick::now();
         let in_tx = self.tx != b'I';
@@ -793,8 +808,17 @@ impl Session<'_> {
                 }
                 // Literals are inline in a simple query: the text itself is the parameter set.
                 let stat = self.analyze(q).map(|(a, h)| self.observe(a, h));
+                self.refresh_config();
+                let auto = match self.rewrite && self.config.pgferry.auto_prepare && !self.unsynced
+                {
+                    true => self.app.autoprep.get(q),
+                    false => None,
+                };
                 if self.ensure_server(false).await? {
-                    self.forward(f, Some(Pending::Query { stat }));
+                    match auto {
+                        Some(a) => self.execute_prepared(a, q, stat),
+                        None => self.forward(f, Some(Pending::Query { stat })),
+                    }
                 }
             }
             tag::FUNCTION_CALL => {
@@ -822,7 +846,8 @@ impl Session<'_> {
                         self.forward(f, None); // ignored by the server during COPY
                     } else {
                         let copy_ends = self.copy_ends;
-                        self.forward(f, Some(Pending::Sync { copy_ends }));
+                        let auto = None;
+                        self.forward(f, Some(Pending::Sync { copy_ends, auto }));
                     }
                     self.unsynced = false;
                 } else {
@@ -958,7 +983,7 @@ impl Session<'_> {
         }
         if !self.rewrite || b.statement.is_empty() {
             if self.ensure_server(true).await? {
-                self.forward(f, Some(Pending::Bind));
+                self.forward(f, Some(Pending::Bind { hidden: false }));
                 self.unsynced = true;
             }
             return Ok(());
@@ -971,7 +996,7 @@ impl Session<'_> {
         }
         self.ensure_prepared(&stmt);
         views::put_bind(self.server_conn().conn.out(), &b, stmt.server_name());
-        self.pending.push_back(Pending::Bind);
+        self.pending.push_back(Pending::Bind { hidden: false });
         self.unsynced = true;
         Ok(())
     }
@@ -982,7 +1007,7 @@ impl Session<'_> {
         };
         if !self.rewrite || d.kind != b'S' || d.name.is_empty() {
             if self.ensure_server(true).await? {
-                self.forward(f, Some(Pending::Describe));
+                self.forward(f, Some(Pending::Describe { hidden: false }));
                 self.unsynced = true;
             }
             return Ok(());
@@ -1000,7 +1025,7 @@ impl Session<'_> {
             b'S',
             stmt.server_name(),
         );
-        self.pending.push_back(Pending::Describe);
+        self.pending.push_back(Pending::Describe { hidden: false });
         self.unsynced = true;
         Ok(())
     }
@@ -1041,16 +1066,36 @@ impl Session<'_> {
         if let Some(c) = self.server.as_mut() {
             c.conn().conn.queue(f.raw());
             if let Some(p) = p {
-                if self.request_start.is_none() {
-                    let now = self.now();
-                    self.request_start = Some(now);
-                    // The first request outside a transaction starts one (in session mode the
-                    // server stays between them).
-                    self.xact_start.get_or_insert(now);
-                }
-                self.pending.push_back(p);
+                self.expect(p);
             }
         }
+    }
+
+    /// Awaits the reply to a request sent to the server.
+    fn expect(&mut self, p: Pending) {
+        if self.request_start.is_none() {
+            let now = self.now();
+            self.request_start = Some(now);
+            // The first request outside a transaction starts one (in session mode the server
+            // stays between them).
+            self.xact_start.get_or_insert(now);
+        }
+        self.pending.push_back(p);
+    }
+
+    /// Runs the simple query `text` as an execution of its auto-prepared statement (prepared
+    /// on this server first if it lacks it); the client sees the replies of a simple query.
+    fn execute_prepared(&mut self, a: Arc<AutoPrepared>, text: &[u8], stat: Option<Stat>) {
+        self.ensure_prepared(&a.stmt);
+        a.put_execution(self.server_conn().conn.out(), text);
+        self.expect(Pending::Bind { hidden: true });
+        self.expect(Pending::Describe { hidden: true });
+        let copy_ends = self.copy_ends;
+        self.expect(Pending::Execute { copy_ends, stat });
+        self.expect(Pending::Sync {
+            copy_ends,
+            auto: Some(a),
+        });
     }
 
     async fn flush_server_if_full(&mut self) -> Result<(), ClientError> {
@@ -1346,7 +1391,16 @@ impl Session<'_> {
                 self.errored = true;
                 self.pool
                     .count_error(views::error_field(f.body(), b'C').unwrap_or(b"XX"));
-                self.client.queue(f.raw());
+                let moved = match self.pending.front() {
+                    Some(Pending::Sync { auto: Some(a), .. }) => {
+                        error_in_client_text(f.body(), &a.plan)
+                    }
+                    _ => None,
+                };
+                match moved {
+                    Some(e) => self.client.queue(&e),
+                    None => self.client.queue(f.raw()),
+                }
             }
             tag::PARSE_COMPLETE => match self.pending.pop_front() {
                 Some(Pending::Parse { hidden, .. }) => {
@@ -1357,7 +1411,11 @@ impl Session<'_> {
                 _ => return self.desync("ParseComplete").await,
             },
             tag::BIND_COMPLETE => match self.pending.pop_front() {
-                Some(Pending::Bind) => self.client.queue(f.raw()),
+                Some(Pending::Bind { hidden }) => {
+                    if !hidden {
+                        self.client.queue(f.raw());
+                    }
+                }
                 _ => return self.desync("BindComplete").await,
             },
             tag::CLOSE_COMPLETE => match self.pending.pop_front() {
@@ -1369,10 +1427,15 @@ impl Session<'_> {
                 _ => return self.desync("CloseComplete").await,
             },
             tag::ROW_DESCRIPTION | tag::NO_DATA => {
-                if matches!(self.pending.front(), Some(Pending::Describe)) {
+                let mut show = true;
+                if let Some(&Pending::Describe { hidden }) = self.pending.front() {
                     self.pending.pop_front();
+                    // A simple query that returns no rows has no NoData.
+                    show = !hidden || f.tag() == tag::ROW_DESCRIPTION;
                 }
-                self.client.queue(f.raw());
+                if show {
+                    self.client.queue(f.raw());
+                }
             }
             tag::COMMAND_COMPLETE | tag::EMPTY_QUERY | tag::PORTAL_SUSPENDED => {
                 let rows = if f.tag() == tag::COMMAND_COMPLETE {
@@ -1402,7 +1465,7 @@ impl Session<'_> {
                     // Extended-protocol COPY FROM STDIN: the Syncs the client sent after this
                     // Execute and before its copy end are ignored by the server.
                     self.pending.retain(
-                        |p| !matches!(p, Pending::Sync { copy_ends: c } if *c == copy_ends),
+                        |p| !matches!(p, Pending::Sync { copy_ends: c, .. } if *c == copy_ends),
                     );
                     if self.copy_ends == copy_ends {
                         self.copy_in_until = Some(copy_ends);

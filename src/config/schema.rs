@@ -263,6 +263,9 @@ pub struct General {
     pub server_reset_query: String,
     pub server_reset_query_always: bool,
     pub max_prepared_statements: u32,
+    /// pgferry's own: run simple-protocol statements whose integer literals can be
+    /// parameters as server-side prepared statements (transaction and statement mode).
+    pub auto_prepare: bool,
     pub track_extra_parameters: Vec<String>,
     pub ignore_startup_parameters: Vec<String>,
     pub application_name_add_host: bool,
@@ -411,6 +414,7 @@ impl Default for General {
             server_reset_query: "DISCARD ALL".to_string(),
             server_reset_query_always: false,
             max_prepared_statements: 200,
+            auto_prepare: false,
             track_extra_parameters: vec!["IntervalStyle".to_string()],
             ignore_startup_parameters: Vec::new(),
             application_name_add_host: false,

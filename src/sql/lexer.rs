@@ -285,6 +285,14 @@ pub(crate) fn number_spans(src: &str) -> Option<Box<[(u32, u32)]>> {
         .collect()
 }
 
+/// Lexes `src` completely into `toks` and returns the byte range of every number literal
+/// (each a [`Tok::Value`] of `toks`, in order).
+pub(crate) fn lex_numbers<'a>(src: &'a str, toks: &mut Vec<Tok<'a>>) -> Vec<(usize, usize)> {
+    let mut spans = Vec::new();
+    lex_recording(src, toks, Some(&mut spans));
+    spans
+}
+
 /// Whether `text` lexes to the same tokens as `template`, whose [`number_spans`] are `spans`:
 /// both have the same length and the same bytes outside the spans, and digits inside them.
 ///

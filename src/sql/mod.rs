@@ -6,6 +6,7 @@
 //! Pipeline: [`lexer`] (total PostgreSQL tokenizer) → [`normalize`] (collapse lists, render
 //! `$n` text) → [`hash`] (fingerprint id) → [`classify`] (sqlparser AST walk).
 
+pub mod autoprep;
 mod cache;
 mod classify;
 mod expr;
@@ -20,7 +21,7 @@ mod tests;
 
 pub use cache::{SqlCache, SqlCacheStats};
 pub use hash::text_hash;
-pub(crate) use hash::BuildPassThrough;
+pub(crate) use hash::{digits_masked_hash, BuildPassThrough};
 
 use std::sync::Arc;
 

@@ -9,6 +9,7 @@ mod support;
 
 mod admin;
 mod auth_query;
+mod auto_prepare;
 mod compat;
 mod failures;
 mod faults;

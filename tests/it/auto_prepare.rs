@@ -1,0 +1,212 @@
+#![allow(clippy::unwrap_used)]
+//! `auto_prepare`: simple-protocol statements with integer literals run as server-side
+//! prepared statements, and the client cannot tell except by speed.
+
+use crate::common::*;
+use pgferry::config::PoolMode;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+/// What a client sees of a simple query: column names, rows as text, command tags.
+async fn answer(c: &Client, q: &str) -> Result<Vec<String>, String> {
+    let msgs = c.simple_query(q).await.map_err(|e| {
+        let db = e.as_db_error().unwrap();
+        format!("{} {} {:?}", db.code().code(), db.message(), db.position())
+    })?;
+    let mut out = Vec::new();
+    for m in msgs {
+        match m {
+            SimpleQueryMessage::RowDescription(cols) => {
+                out.push(cols.iter().map(|c| c.name()).collect::<Vec<_>>().join("|"));
+            }
+            SimpleQueryMessage::Row(r) => out.push(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("NULL"))
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            ),
+            SimpleQueryMessage::CommandComplete(n) => out.push(format!("complete {n}")),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+async fn prepared_statements(c: &Client) -> Vec<String> {
+    let rows = c
+        .simple_query("SELECT statement FROM pg_prepared_statements ORDER BY statement")
+        .await
+        .unwrap();
+    rows.iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn table(env: &Env) -> Client {
+    let direct = env.direct().await;
+    direct
+        .batch_execute(
+            "CREATE TABLE ap (id bigint PRIMARY KEY, s smallint, n numeric, t text);
+             INSERT INTO ap SELECT g, g % 3, g / 2, 'row ' || (g % 4) FROM generate_series(1, 20) g;
+             GRANT ALL ON ap TO app;",
+        )
+        .await
+        .unwrap();
+    direct
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simple_queries_run_prepared_and_answer_as_before() {
+    let env = env(PoolMode::Transaction, 1, |c| c.pgferry.auto_prepare = true).await;
+    let direct = table(&env).await;
+    let c = env.connect().await;
+    // Each twice: the second run uses the statement already prepared on the server.
+    let queries = [
+        "SELECT id, s, t FROM ap WHERE id = 3",
+        "SELECT id, s, t FROM ap WHERE id = 999999",
+        // int2 + int4 is int4: a parameter typed like the literal keeps the result type.
+        "SELECT s + 1 AS x, pg_typeof(s + 1), pg_typeof(id = 4) FROM ap WHERE id = 4",
+        // Output-column positions stay positions.
+        "SELECT id FROM ap WHERE id IN (1, 2, 5) ORDER BY 1 DESC",
+        "SELECT t, count(*) FROM ap WHERE id > 0 GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 3",
+        "SELECT id FROM ap WHERE n = 2 ORDER BY id",
+        "SELECT id, id * 3 - -2 FROM ap WHERE id BETWEEN 2 AND 7 ORDER BY id OFFSET 1 LIMIT 4",
+        "select id from ap where s = 1 and id < 10 order by id desc;",
+    ];
+    for q in queries {
+        let want = answer(&direct, q).await;
+        assert_eq!(answer(&c, q).await, want, "{q}");
+        assert_eq!(answer(&c, q).await, want, "{q} (again)");
+        let other = q.replace("= 3", "= 7").replace("= 4", "= 9");
+        assert_eq!(
+            answer(&c, &other).await,
+            answer(&direct, &other).await,
+            "{other}"
+        );
+    }
+    // Writes report their row counts like simple queries.
+    let want_update = vec!["complete 2".to_string()];
+    assert_eq!(
+        answer(&c, "UPDATE ap SET s = s + 10 WHERE id IN (1, 2)").await,
+        Ok(want_update)
+    );
+    assert_eq!(
+        answer(&direct, "SELECT s FROM ap WHERE id <= 2 ORDER BY id").await,
+        Ok(vec![
+            "s".into(),
+            "11".into(),
+            "12".into(),
+            "complete 2".into()
+        ])
+    );
+    // The server (pool size 1: the one the client used) holds the statements, parameterized.
+    let held = prepared_statements(&c).await;
+    assert!(
+        held.contains(&"SELECT id, s, t FROM ap WHERE id = $1".to_string()),
+        "{held:?}"
+    );
+    assert!(
+        held.contains(&"SELECT id FROM ap WHERE id IN ($1, $2, $3) ORDER BY 1 DESC".to_string()),
+        "{held:?}"
+    );
+    assert!(
+        held.iter().all(|s| !s.contains("'")),
+        "no text with a string literal is prepared: {held:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_by_default_and_set_turns_it_on() {
+    let env = env(PoolMode::Transaction, 1, |_| {}).await;
+    table(&env).await;
+    let c = env.connect().await;
+    c.simple_query("SELECT id FROM ap WHERE id = 3")
+        .await
+        .unwrap();
+    assert_eq!(prepared_statements(&c).await, Vec::<String>::new());
+    // SET (as on the admin console) turns it on for a client already connected.
+    env.app().set_setting("auto_prepare", "1").unwrap();
+    c.simple_query("SELECT id FROM ap WHERE id = 4")
+        .await
+        .unwrap();
+    assert_eq!(
+        prepared_statements(&c).await,
+        vec!["SELECT id FROM ap WHERE id = $1".to_string()]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_point_into_the_clients_text_and_transactions_behave() {
+    let env = env(PoolMode::Transaction, 1, |c| c.pgferry.auto_prepare = true).await;
+    let direct = table(&env).await;
+    let c = env.connect().await;
+    // The position is where the client's text has the unknown column, not where the
+    // shorter `$1` text has it.
+    let q = "SELECT id FROM ap WHERE id = 123456 AND nosuch = 7890";
+    let want = answer(&direct, q).await;
+    assert!(want.as_ref().unwrap_err().starts_with("42703"), "{want:?}");
+    assert_eq!(answer(&c, q).await, want);
+    assert_eq!(answer(&c, q).await, want);
+    // An error while executing (division by zero) aborts the transaction as usual.
+    c.simple_query("BEGIN").await.unwrap();
+    c.simple_query("UPDATE ap SET t = 'changed' WHERE id = 5")
+        .await
+        .unwrap();
+    let e = c
+        .simple_query("SELECT id FROM ap WHERE id = 1 / 0")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("22012"));
+    let e = c
+        .simple_query("SELECT id FROM ap WHERE id = 6")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("25P02"));
+    c.simple_query("ROLLBACK").await.unwrap();
+    assert_eq!(
+        answer(&c, "SELECT t FROM ap WHERE id = 5").await,
+        Ok(vec!["t".into(), "row 1".into(), "complete 1".into()])
+    );
+    c.simple_query("BEGIN").await.unwrap();
+    c.simple_query("UPDATE ap SET s = 99 WHERE id = 6")
+        .await
+        .unwrap();
+    c.simple_query("COMMIT").await.unwrap();
+    assert_eq!(
+        answer(&direct, "SELECT s FROM ap WHERE id = 6").await,
+        Ok(vec!["s".into(), "99".into(), "complete 1".into()])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_few_servers_each_gets_its_own_values() {
+    // Three servers, two statements kept per server: statements are evicted and prepared
+    // again while 30 clients share them.
+    let env = env(PoolMode::Transaction, 3, |c| {
+        c.pgferry.auto_prepare = true;
+        c.pgferry.max_prepared_statements = 2;
+    })
+    .await;
+    let mut tasks = Vec::new();
+    for i in 0..30i64 {
+        let url = env.url("app", APP_PW);
+        tasks.push(tokio::spawn(async move {
+            let c = connect_url(&url).await.unwrap();
+            for k in 0..30i64 {
+                let id = (i * 31 + k) % 100 + 1;
+                let q = match k % 3 {
+                    0 => format!("SELECT qty FROM items WHERE id = {id}"),
+                    1 => format!("SELECT qty + 0 FROM items WHERE id = {id} AND qty > 0"),
+                    _ => format!("SELECT qty FROM items WHERE id IN ({id}, 0)"),
+                };
+                let got = answer(&c, &q).await.unwrap();
+                assert_eq!(got[1], id.to_string(), "{q}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
