@@ -20,9 +20,9 @@ use std::sync::Arc;
 const SHARDS: usize = 16;
 /// Shapes remembered per shard; a full shard is emptied (shapes are few in a real
 /// application, and a shape is planned again at its next use).
-const PER_SHARD: usize = 256;
+const PER_SHARD: usize = 128;
 /// Longer texts are left to the simple protocol.
-const MAX_TEXT_LEN: usize = 8 * 1024;
+const MAX_TEXT_LEN: usize = 4 * 1024;
 
 /// A statement text's plan and the shared statement it runs as.
 #[derive(Debug)]

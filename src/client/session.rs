@@ -649,6 +649,19 @@ impl Session<'_> {
         *self.clock.get_or_insert_with(Tick::now)
     }
 
+    /// Whether `auto_prepare` is on (as of the latest RELOAD or SET).
+    fn auto_prepare(&mut self) -> bool {
+        self.refresh_config();
+        self.config.pgferry.auto_prepare
+    }
+
+    /// Drops the client's unnamed statement, if `auto_prepare` made it a prepared one.
+    fn forget_unnamed(&mut self) {
+        if !self.stmts.is_empty() {
+            self.stmts.remove(b"");
+        }
+    }
+
     /// Takes up the configuration of the latest RELOAD or SET, if there was one since.
     fn refresh_config(&mut self) {
         let gen = self.app.config_gen.load(Ordering::Acquire);
@@ -808,9 +821,9 @@ impl Session<'_> {
                 }
                 // Literals are inline in a simple query: the text itself is the parameter set.
                 let stat = self.analyze(q).map(|(a, h)| self.observe(a, h));
-                self.refresh_config();
-                let auto = match self.rewrite && self.config.pgferry.auto_prepare && !self.unsynced
-                {
+                // A simple query destroys the unnamed statement.
+                self.forget_unnamed();
+                let auto = match self.rewrite && !self.unsynced && self.auto_prepare() {
                     true => self.app.autoprep.get(q),
                     false => None,
                 };
@@ -891,7 +904,11 @@ impl Session<'_> {
         if self.rewrite && mentions_search_path(p.query) {
             self.search_path_dirty = true;
         }
-        if !self.rewrite || p.name.is_empty() {
+        let unnamed = p.name.is_empty();
+        if !self.rewrite || (unnamed && !self.auto_prepare()) {
+            if unnamed {
+                self.forget_unnamed();
+            }
             if self.ensure_server(true).await? {
                 self.forward(
                     f,
@@ -905,7 +922,9 @@ impl Session<'_> {
             }
             return Ok(());
         }
-        if self.stmts.contains(p.name) {
+        // The unnamed statement is replaced by the next one (auto_prepare: it is prepared
+        // on servers like a named one).
+        if !unnamed && self.stmts.contains(p.name) {
             let msg = format!(
                 "prepared statement \"{}\" already exists",
                 String::from_utf8_lossy(p.name)
@@ -981,7 +1000,7 @@ impl Session<'_> {
                 .get(b.statement)
                 .map(|a| (a.clone(), text_hash(b.rest)));
         }
-        if !self.rewrite || b.statement.is_empty() {
+        if !self.rewrite || (b.statement.is_empty() && !self.stmts.contains(b"")) {
             if self.ensure_server(true).await? {
                 self.forward(f, Some(Pending::Bind { hidden: false }));
                 self.unsynced = true;
@@ -1005,7 +1024,7 @@ impl Session<'_> {
         let Ok(d) = TargetView::new(f.body()) else {
             return self.protocol_violation("malformed Describe message").await;
         };
-        if !self.rewrite || d.kind != b'S' || d.name.is_empty() {
+        if !self.rewrite || d.kind != b'S' || (d.name.is_empty() && !self.stmts.contains(b"")) {
             if self.ensure_server(true).await? {
                 self.forward(f, Some(Pending::Describe { hidden: false }));
                 self.unsynced = true;
@@ -1041,7 +1060,7 @@ impl Session<'_> {
         };
         let mut b = BytesMut::new();
         build::close_complete(&mut b);
-        if self.rewrite && c.kind == b'S' && !c.name.is_empty() {
+        if self.rewrite && c.kind == b'S' && (!c.name.is_empty() || self.stmts.contains(b"")) {
             // The server keeps the statement for reuse; only the client's name goes away.
             let stmt = self.stmts.remove(c.name);
             let undo = LocalUndo::Closed(c.name.into(), stmt, analysis);

@@ -210,3 +210,53 @@ async fn many_clients_few_servers_each_gets_its_own_values() {
         t.await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unnamed_statements_are_prepared_once_per_server() {
+    use crate::support::raw::*;
+    let env = env(PoolMode::Transaction, 1, |c| {
+        c.pgferry.auth_type = pgferry::config::AuthType::Trust;
+        c.pgferry.auto_prepare = true;
+    })
+    .await;
+    let mut r = Raw::ready(env.addr).await;
+    let by_id = "SELECT qty FROM items WHERE id = $1";
+    for id in ["7", "8"] {
+        let mut b = parse("", by_id);
+        b.extend(bind_execute("", &[Some(id)]));
+        b.extend(sync());
+        let msgs = r.roundtrip(&b).await;
+        assert_eq!(tags(&msgs), "12DCZ", "{msgs:?}");
+        assert_eq!(first_column(&msgs), [id]);
+    }
+    // The unnamed statement outlives its transaction, as on a direct connection.
+    let mut b = bind_execute("", &[Some("9")]);
+    b.extend(sync());
+    let msgs = r.roundtrip(&b).await;
+    assert_eq!(first_column(&msgs), ["9"], "{msgs:?}");
+    // The server holds it under a pgferry name.
+    let msgs = r
+        .roundtrip(&query(
+            "SELECT name, statement FROM pg_prepared_statements WHERE name LIKE 'pgf%'",
+        ))
+        .await;
+    assert_eq!(first_column(&msgs).len(), 1, "{msgs:?}");
+    let rows: Vec<_> = msgs
+        .iter()
+        .filter(|m| m.tag == b'D')
+        .map(|m| m.data_row())
+        .collect();
+    assert_eq!(rows[0][1].as_deref(), Some(by_id), "{rows:?}");
+    // A simple query destroys the unnamed statement.
+    let mut b = bind_execute("", &[Some("9")]);
+    b.extend(sync());
+    let msgs = r.roundtrip(&b).await;
+    assert_eq!(errors(&msgs)[0].0, "26000", "{msgs:?}");
+    // A driver's typed query (tokio-postgres query_typed: unnamed Parse, Bind, Execute).
+    let c = env.connect().await;
+    let row = c
+        .query_typed_one(by_id, &[(&11i32, tokio_postgres::types::Type::INT4)])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 11);
+}
