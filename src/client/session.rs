@@ -151,6 +151,7 @@ struct Tally {
     client_parses: u64,
     server_parses: u64,
     binds: u64,
+    auto_prepared: u64,
 }
 
 /// What ended one wait of the session loop.
@@ -932,18 +933,29 @@ impl Session<'_> {
             self.local_error("42P05", &msg);
             return Ok(());
         }
-        let stmt = Arc::new(Stmt::from_parse(&p));
+        // A driver that sends the same unnamed statement before every execution keeps it.
+        let same = match self.stmts.get(p.name) {
+            Some(s) if unnamed && s.is(&p) => Some(Arc::clone(s)),
+            _ => None,
+        };
+        let kept = same.is_some();
+        let stmt = same.unwrap_or_else(|| Arc::new(Stmt::from_parse(&p)));
         if !self.ensure_server(true).await? {
             return Ok(());
         }
-        self.stmts.insert(p.name, stmt.clone());
+        if !kept {
+            self.stmts.insert(p.name, stmt.clone());
+        }
         let c = self.server_conn();
         if c.prepared.touch(stmt.id) {
-            let mut b = BytesMut::new();
-            build::parse_complete(&mut b);
-            self.local_undoable(b.freeze(), LocalUndo::Created(p.name.into()));
+            let reply = Bytes::from_static(build::PARSE_COMPLETE);
+            match kept {
+                true => self.local(reply),
+                false => self.local_undoable(reply, LocalUndo::Created(p.name.into())),
+            }
         } else {
-            self.register_on_server(&stmt, false, Some(p.name.into()));
+            let name = (!kept).then(|| p.name.into());
+            self.register_on_server(&stmt, false, name);
         }
         self.unsynced = true;
         Ok(())
@@ -1105,6 +1117,7 @@ impl Session<'_> {
     /// Runs the simple query `text` as an execution of its auto-prepared statement (prepared
     /// on this server first if it lacks it); the client sees the replies of a simple query.
     fn execute_prepared(&mut self, a: Arc<AutoPrepared>, text: &[u8], stat: Option<Stat>) {
+        self.tally.auto_prepared += 1;
         self.ensure_prepared(&a.stmt);
         a.put_execution(self.server_conn().conn.out(), text);
         self.expect(Pending::Bind { hidden: true });
@@ -1650,6 +1663,7 @@ impl Session<'_> {
         add(&st.bytes_sent, t.bytes_out);
         add(&st.client_parses, t.client_parses);
         add(&st.server_parses, t.server_parses);
+        add(&st.auto_prepared, t.auto_prepared);
         add(&st.binds, t.binds);
     }
 

@@ -39,6 +39,19 @@ impl Stmt {
     pub fn server_name(&self) -> &[u8; 20] {
         &self.name
     }
+
+    /// Whether `p` has this statement's text and parameter types.
+    pub fn is(&self, p: &ParseView<'_>) -> bool {
+        // The Parse message: tag, length, the server name and its NUL, then text, NUL, types.
+        let Some(rest) = self.parse.get(5 + self.name.len() + 1..) else {
+            return false;
+        };
+        let n = p.query.len();
+        rest.len() == n + 1 + p.param_types.len()
+            && rest.starts_with(p.query)
+            && rest.get(n) == Some(&0)
+            && rest.ends_with(p.param_types)
+    }
 }
 
 /// Stable id of a statement: the same text and types give the same id in every client.

@@ -116,6 +116,12 @@ pub(super) const DESCRIPTIONS: &[(&str, &str, &str, char)] = &[
         'c',
     ),
     (
+        "pgferry_auto_prepared_total",
+        "",
+        "Simple queries run as executions of a prepared statement (auto_prepare).",
+        'c',
+    ),
+    (
         "pgferry_binds_total",
         "",
         "Bind messages received from clients.",
@@ -188,6 +194,7 @@ struct PerPool {
     client_parses: u64,
     server_parses: u64,
     binds: u64,
+    auto_prepared: u64,
     logins: u64,
     waiting: usize,
     size: u32,
@@ -221,6 +228,7 @@ pub(super) fn refresh(m: &Metrics, app: &App) {
         e.client_parses += l(&s.client_parses);
         e.server_parses += l(&s.server_parses);
         e.binds += l(&s.binds);
+        e.auto_prepared += l(&s.auto_prepared);
         e.logins += l(&s.logins);
         e.waiting += s.waiting.load(Ordering::Relaxed);
         e.size = e.size.max(p.settings().size);
@@ -266,6 +274,7 @@ pub(super) fn refresh(m: &Metrics, app: &App) {
         m.counter("pgferry_client_parses_total", lb(), p.client_parses);
         m.counter("pgferry_server_parses_total", lb(), p.server_parses);
         m.counter("pgferry_binds_total", lb(), p.binds);
+        m.counter("pgferry_auto_prepared_total", lb(), p.auto_prepared);
         m.counter("pgferry_client_logins_total", lb(), p.logins);
         m.gauge("pgferry_waiting_clients", lb(), p.waiting as f64);
         m.gauge("pgferry_pool_size", lb(), f64::from(p.size));

@@ -92,6 +92,8 @@ pub struct PoolStats {
     pub client_parses: AtomicU64,
     pub server_parses: AtomicU64,
     pub binds: AtomicU64,
+    /// Simple queries run as executions of their `auto_prepare` statement.
+    pub auto_prepared: AtomicU64,
     pub logins: AtomicU64,
     /// ErrorResponses sent to clients, by SQLSTATE class (first two characters).
     pub errors: dashmap::DashMap<[u8; 2], u64>,

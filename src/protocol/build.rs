@@ -3,7 +3,7 @@
 //! batched into one write. Encoding reuses `pgwire`'s message types.
 
 use bytes::{BufMut, BytesMut};
-use pgwire::messages::extendedquery::{CloseComplete, ParseComplete};
+use pgwire::messages::extendedquery::CloseComplete;
 use pgwire::messages::response::{ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus};
 use pgwire::messages::startup::{Authentication, NegotiateProtocolVersion, ParameterStatus};
 use pgwire::messages::Message;
@@ -124,9 +124,8 @@ pub fn ready_for_query(buf: &mut BytesMut, status: u8) {
     put(buf, &ReadyForQuery::new(status));
 }
 
-pub fn parse_complete(buf: &mut BytesMut) {
-    put(buf, &ParseComplete::new());
-}
+/// ParseComplete, whole.
+pub const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
 
 pub fn close_complete(buf: &mut BytesMut) {
     put(buf, &CloseComplete::new());

@@ -49,3 +49,8 @@ fn incomplete_reports_what_is_missing() {
         Split::Incomplete { missing: 7 }
     );
 }
+
+#[test]
+fn parse_complete_constant_is_the_message() {
+    assert_eq!(build::PARSE_COMPLETE, msg(b'1', b"").as_slice());
+}

@@ -115,6 +115,18 @@ async fn simple_queries_run_prepared_and_answer_as_before() {
         held.iter().all(|s| !s.contains("'")),
         "no text with a string literal is prepared: {held:?}"
     );
+    // 8 statements three times each and the UPDATE, as pgferry_auto_prepared_total counts.
+    let auto: u64 = env
+        .app()
+        .all_pools()
+        .iter()
+        .map(|p| {
+            p.stats
+                .auto_prepared
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    assert_eq!(auto, 25);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
