@@ -1288,7 +1288,7 @@ Options (`--help` for all):
 | `--clients LIST` | `1,20,1000` | Client counts for the `-S` workloads. |
 | `--idle-clients N` | 4000 | Idle connections for the RSS measurement; 0 skips it. |
 | `--idle-hold S` | 5 | Seconds the idle connections are held before RSS is read (longer than pgferry's `client_park_delay`). |
-| `--pgferry-set 'KEY = VALUE'` | `workers = 1` | Extra line for pgferry's `[pgferry]` table (repeatable). Without a `workers` line the benchmark adds `workers = 1` (one thread, like PgBouncer); `--pgferry-set 'workers = 0'` runs pgferry's default (a thread per core). |
+| `--pgferry-set 'KEY = VALUE'` | `workers = 1` | Extra line for pgferry's `[pgferry]` table (repeatable). Without a `workers` line the benchmark adds `workers = 1` (one thread, like PgBouncer); `--pgferry-set 'workers = 0'` runs pgferry's default (a thread per core). The latest run with `--pgferry-set 'auto_prepare = true'` (simple queries and unnamed statements run prepared, [auto-prepare.md](auto-prepare.md)) is in [benchmarks-auto-prepare.md](benchmarks-auto-prepare.md). |
 | `--server-socket` | | Both poolers reach PostgreSQL over its Unix socket (`host` = the socket directory), as a pooler on the database's own host would; clients and direct pgbench still use TCP. The latest such run is in [benchmarks-socket.md](benchmarks-socket.md) (`--md docs/benchmarks-socket.md --svg docs/benchmarks-socket.svg`). |
 | `--md FILE`, `--svg FILE` | `docs/benchmarks.md`, `.svg` | Where the report and plot go. |
 | `--no-build` | | Use the existing `target/release/pgferry` (or `--pgferry-bin`). |
