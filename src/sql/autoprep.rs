@@ -7,7 +7,8 @@
 //! value. The planner therefore only turns a number into a parameter where the grammar is
 //! certain to read an expression, and leaves every other number in the text as written:
 //! - it follows `=` `<>` `!=` `<` `>` `<=` `>=` `+` `-` `*` `/` `%`, or `LIMIT`, `OFFSET`,
-//!   `BETWEEN`, `AND`, `OR`, `WHEN`, `THEN`, `ELSE`, or it is an item of an `IN (…)` list;
+//!   `BETWEEN`, `AND`, `OR`, `WHEN`, `THEN`, `ELSE`, or it is an item of an `IN (…)` list or
+//!   of a `VALUES (…), (…)` row;
 //! - it has at most 9 digits (so its value fits in int4 whatever the digits are).
 //!
 //! That keeps, for instance, `ORDER BY 2` and `GROUP BY 1` (output-column positions, which a
@@ -130,21 +131,30 @@ pub fn plan(text: &str) -> Option<Plan> {
     if values != spans.len() || !spans.iter().all(plain) {
         return None; // strings, parameters, or numbers with a point, exponent or `_`
     }
-    // Bracket stack: whether each open `(` holds an `IN` list of values.
+    // Bracket stack: whether each open bracket holds a list of expressions (the values of
+    // `IN (…)`, a row of `VALUES (…), (…)`), and whether the last one closed was a row.
     let mut lists: Vec<bool> = Vec::new();
+    let mut closed_row = false;
     let mut numbers = Vec::with_capacity(spans.len());
     let mut next = spans.iter();
     for (i, t) in toks.iter().enumerate() {
         let prev = i.checked_sub(1).map(|j| toks[j]);
         match *t {
             Tok::Punct(b'(') => {
+                let next_row = prev == Some(Tok::Punct(b','))
+                    && i >= 2
+                    && toks[i - 2] == Tok::Punct(b')')
+                    && closed_row;
+                let row = prev.is_some_and(|p| p.is_word("VALUES")) || next_row;
+                // `IN (SELECT …)` is a subquery, `IN ((1, 2), …)` a list of rows.
                 let in_list = prev.is_some_and(|p| p.is_word("IN"))
                     && !matches!(toks.get(i + 1), Some(Tok::Word(_)) | Some(Tok::Punct(b'(')));
-                lists.push(in_list);
+                lists.push(row || in_list);
             }
             Tok::Punct(b'[') => lists.push(false),
             Tok::Punct(b')') | Tok::Punct(b']') => {
-                lists.pop();
+                // A VALUES row holds expressions only, so any list closed here was one.
+                closed_row = lists.pop().unwrap_or(false);
             }
             Tok::Value => {
                 let &(start, end) = next.next()?;
@@ -247,6 +257,15 @@ mod tests {
             "update t set v = v + -$1 where id in ($2, $3,$4) and x between $5 and $6 limit $7 offset $8"
         );
         assert_eq!(p.params(), 8);
+        // pgbench's tpcb-like INSERT; the column list is not a row.
+        assert_eq!(
+            stmt("INSERT INTO h (tid, bid, aid, delta, mtime) VALUES (7, 1, 48213, -1234, CURRENT_TIMESTAMP);").as_deref(),
+            Some("INSERT INTO h (tid, bid, aid, delta, mtime) VALUES ($1, $2, $3, -$4, CURRENT_TIMESTAMP);")
+        );
+        assert_eq!(
+            stmt("insert into t values (1, f(2)), (3, 4) returning (5)").as_deref(),
+            Some("insert into t values ($1, f(2)), ($2, $3) returning (5)")
+        );
         assert_eq!(&p.param_types[..2], &8i16.to_be_bytes());
         assert_eq!(&p.param_types[2..6], &23u32.to_be_bytes());
     }

@@ -86,6 +86,19 @@ async fn simple_queries_run_prepared_and_answer_as_before() {
             "{other}"
         );
     }
+    // Rows of VALUES take parameters too.
+    let insert = "INSERT INTO ap (id, s, n) VALUES (100, 1, 5), (101, -2, 6)";
+    assert_eq!(answer(&c, insert).await, Ok(vec!["complete 2".to_string()]));
+    assert_eq!(
+        answer(
+            &direct,
+            "SELECT id, s, n FROM ap WHERE id >= 100 ORDER BY id"
+        )
+        .await,
+        Ok(["id|s|n", "100|1|5", "101|-2|6", "complete 2"]
+            .map(String::from)
+            .to_vec())
+    );
     // Writes report their row counts like simple queries.
     let want_update = vec!["complete 2".to_string()];
     assert_eq!(
@@ -115,7 +128,8 @@ async fn simple_queries_run_prepared_and_answer_as_before() {
         held.iter().all(|s| !s.contains("'")),
         "no text with a string literal is prepared: {held:?}"
     );
-    // 8 statements three times each and the UPDATE, as pgferry_auto_prepared_total counts.
+    // 8 statements three times each, the INSERT and the UPDATE, as
+    // pgferry_auto_prepared_total counts.
     let auto: u64 = env
         .app()
         .all_pools()
@@ -126,7 +140,7 @@ async fn simple_queries_run_prepared_and_answer_as_before() {
                 .load(std::sync::atomic::Ordering::Relaxed)
         })
         .sum();
-    assert_eq!(auto, 25);
+    assert_eq!(auto, 26);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,6 +174,11 @@ async fn errors_point_into_the_clients_text_and_transactions_behave() {
     let want = answer(&direct, q).await;
     assert!(want.as_ref().unwrap_err().starts_with("42703"), "{want:?}");
     assert_eq!(answer(&c, q).await, want);
+    assert_eq!(answer(&c, q).await, want);
+    // A value that does not fit its column fails the same way.
+    let q = "INSERT INTO ap (id, s) VALUES (200, 100000)";
+    let want = answer(&direct, q).await;
+    assert!(want.as_ref().unwrap_err().starts_with("22003"), "{want:?}");
     assert_eq!(answer(&c, q).await, want);
     // An error while executing (division by zero) aborts the transaction as usual.
     c.simple_query("BEGIN").await.unwrap();
