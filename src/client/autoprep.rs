@@ -35,7 +35,8 @@ pub struct AutoPrepared {
 
 impl AutoPrepared {
     /// Appends Bind (the unnamed portal, `text`'s parameter numbers as text), Describe of the
-    /// portal, Execute and Sync.
+    /// portal, Execute and Sync. `text` fits the plan ([`Memo::get`] checked it), so it has the
+    /// template's length and every span is within it.
     pub fn put_execution(&self, out: &mut BytesMut, text: &[u8]) {
         let name = self.stmt.server_name();
         let params = self.plan.numbers.iter().filter(|n| n.param);

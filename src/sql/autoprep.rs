@@ -19,7 +19,7 @@
 //! plain integers are planned, and only when at least one number becomes a parameter: a text
 //! with string literals would make a new server statement for every distinct string.
 
-use super::lexer::{lex_numbers, Tok};
+use super::lexer::{lex_numbers, same_but_digits, Tok};
 
 /// Type OID of `int4`, declared for every parameter.
 const INT4_OID: u32 = 23;
@@ -42,11 +42,13 @@ pub struct Plan {
     pub statement: String,
     /// The Parse message's parameter-type section: count, then one int4 OID per parameter.
     pub param_types: Vec<u8>,
+    /// How many numbers are parameters.
+    params: usize,
 }
 
 impl Plan {
     pub fn params(&self) -> usize {
-        self.numbers.iter().filter(|n| n.param).count()
+        self.params
     }
 
     /// Maps a 1-based character position in `statement` (an error's `P` field) to the
@@ -203,6 +205,7 @@ pub fn plan(text: &str) -> Option<Plan> {
         numbers: numbers.into_boxed_slice(),
         statement,
         param_types,
+        params,
     })
 }
 
@@ -210,28 +213,8 @@ pub fn plan(text: &str) -> Option<Plan> {
 /// the same digits in every number that stays in the statement: then the plan's statement,
 /// bound to `text`'s parameter numbers, means what `text` means.
 pub fn fits(template: &str, plan: &Plan, text: &[u8]) -> bool {
-    let t = template.as_bytes();
-    if t.len() != text.len() {
-        return false;
-    }
-    let mut at = 0usize;
-    for n in plan.numbers.iter() {
-        let (s, e) = (n.start as usize, n.end as usize);
-        if t.get(at..s) != text.get(at..s) {
-            return false;
-        }
-        let ok = if n.param {
-            text.get(s..e)
-                .is_some_and(|d| d.iter().all(u8::is_ascii_digit))
-        } else {
-            t.get(s..e) == text.get(s..e)
-        };
-        if !ok {
-            return false;
-        }
-        at = e;
-    }
-    t.get(at..) == text.get(at..)
+    let spans = plan.numbers.iter().map(|n| (n.start, n.end, !n.param));
+    same_but_digits(template, spans, text)
 }
 
 #[cfg(test)]

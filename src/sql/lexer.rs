@@ -269,8 +269,7 @@ pub(crate) fn lex_into<'a>(src: &'a str, toks: &mut Vec<Tok<'a>>) -> LexStats {
 /// The byte ranges of the number literals of `src`, when it has at least one and every one
 /// is a run of ASCII digits alone (no sign, point, exponent, letter or `_`).
 pub(crate) fn number_spans(src: &str) -> Option<Box<[(u32, u32)]>> {
-    let mut spans = Vec::new();
-    lex_recording(src, &mut Vec::new(), Some(&mut spans));
+    let spans = lex_numbers(src, &mut Vec::new());
     let digits_only = |&(start, end): &(usize, usize)| {
         src.as_bytes()
             .get(start..end)
@@ -303,18 +302,30 @@ pub(crate) fn lex_numbers<'a>(src: &'a str, toks: &mut Vec<Tok<'a>>) -> Vec<(usi
 /// followed by another `.`); those bytes are the same in `text`, so there too each span is
 /// exactly one number token, and every other token covers the same bytes in both texts.
 pub(crate) fn same_but_numbers(template: &str, spans: &[(u32, u32)], text: &[u8]) -> bool {
+    same_but_digits(template, spans.iter().map(|&(s, e)| (s, e, false)), text)
+}
+
+/// Whether `text` has `template`'s bytes outside `spans` and ASCII digits inside them; a span
+/// marked `exact` must have `template`'s digits. Spans are in order and within `template`.
+pub(crate) fn same_but_digits(
+    template: &str,
+    spans: impl IntoIterator<Item = (u32, u32, bool)>,
+    text: &[u8],
+) -> bool {
     let (t, u) = (template.as_bytes(), text);
     if t.len() != u.len() {
         return false;
     }
     let mut at = 0;
-    for &(start, end) in spans {
+    for (start, end, exact) in spans {
         let (start, end) = (start as usize, end as usize);
-        if t.get(at..start) != u.get(at..start)
-            || !u
+        let inside = match exact {
+            true => t.get(start..end) == u.get(start..end),
+            false => u
                 .get(start..end)
-                .is_some_and(|d| d.iter().all(u8::is_ascii_digit))
-        {
+                .is_some_and(|d| d.iter().all(u8::is_ascii_digit)),
+        };
+        if t.get(at..start) != u.get(at..start) || !inside {
             return false;
         }
         at = end;
