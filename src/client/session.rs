@@ -184,6 +184,10 @@ struct Session<'a> {
     /// The client may have changed search_path (not reported by the server): re-read it
     /// before the server is given back.
     search_path_dirty: bool,
+    /// The server reported that a prepared statement's result columns changed (DDL): its
+    /// statements are deallocated before it goes back to the pool, so each is prepared
+    /// again, from the new definition, at its next use.
+    stale_statements: bool,
     cancel: Arc<CancelSlot>,
     info: Arc<ClientInfo>,
     tally: Tally,
@@ -353,6 +357,7 @@ impl<'a> Session<'a> {
             errored: false,
             tx: b'I',
             search_path_dirty: false,
+            stale_statements: false,
             cancel,
             info,
             tally: Tally::default(),
@@ -1406,6 +1411,9 @@ impl Session<'_> {
                 return Box::pin(self.server_lost_with(&code, &why)).await;
             }
             tag::ERROR_RESPONSE => {
+                if self.rewrite && is_stale_plan(f.body()) {
+                    self.stale_statements = true;
+                }
                 // In the extended protocol the server now skips everything up to Sync.
                 if let Some(Pending::Query { stat: Some(st) }) = self.pending.front_mut() {
                     st.error = true;
@@ -1733,7 +1741,11 @@ impl Session<'_> {
     /// [`Session::release`] when it needs no query and no wait (the common case); false when
     /// the caller must use `release`.
     fn try_release(&mut self, now: Tick) -> bool {
-        if self.server.is_none() || self.search_path_dirty || self.pool.resets_always() {
+        if self.server.is_none()
+            || self.search_path_dirty
+            || self.stale_statements
+            || self.pool.resets_always()
+        {
             return false;
         }
         let Some(cancelled) = self.cancel.try_set(None) else {
@@ -1766,6 +1778,14 @@ impl Session<'_> {
                     return; // unknown state: `c` is dropped and closed
                 }
             }
+        }
+        if self.stale_statements {
+            self.stale_statements = false;
+            if !matches!(c.conn().hidden_query("DEALLOCATE ALL").await, Ok((_, b'I'))) {
+                self.cancel.set(None).await;
+                return;
+            }
+            c.conn().prepared.clear();
         }
         let settings = self.pool.settings();
         if settings.server_reset_query_always && !settings.server_reset_query.is_empty() {
@@ -1929,6 +1949,13 @@ fn tag_rows(t: &[u8]) -> u64 {
 }
 
 /// True for an ErrorResponse of severity FATAL or PANIC (the server closes after it).
+/// "cached plan must not change result type": a prepared statement outlived a change of the
+/// columns it returns.
+fn is_stale_plan(body: &[u8]) -> bool {
+    views::error_field(body, b'C') == Some(b"0A000")
+        && views::error_field(body, b'M') == Some(b"cached plan must not change result type")
+}
+
 fn is_fatal(body: &[u8]) -> bool {
     let sev = views::error_field(body, b'V').or_else(|| views::error_field(body, b'S'));
     matches!(sev, Some(b"FATAL" | b"PANIC"))

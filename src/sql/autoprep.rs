@@ -11,13 +11,15 @@
 //!   of a `VALUES (…), (…)` row;
 //! - it has at most 9 digits (so its value fits in int4 whatever the digits are).
 //!
-//! That keeps, for instance, `ORDER BY 2` and `GROUP BY 1` (output-column positions, which a
-//! parameter would turn into a constant sort key), type modifiers (`varchar(10)`), array
-//! subscripts and select-list constants exactly as they were.
+//! That keeps, for instance, `ORDER BY 2` (an output-column position, which a parameter would
+//! turn into a constant sort key), type modifiers (`varchar(10)`), array subscripts and
+//! select-list constants exactly as they were.
 //!
 //! Only single `SELECT`/`INSERT`/`UPDATE`/`DELETE`/`WITH` statements whose literals are all
 //! plain integers are planned, and only when at least one number becomes a parameter: a text
 //! with string literals would make a new server statement for every distinct string.
+//! Statements with `GROUP`, `DISTINCT` or `CONFLICT` are not: there PostgreSQL requires one
+//! expression to equal another, which two parameters never are.
 
 use super::lexer::{lex_numbers, same_but_digits, Tok};
 
@@ -105,6 +107,8 @@ const OPS: &[&str] = &[
 ];
 /// Statements that take parameters.
 const FIRST: &[&str] = &["SELECT", "INSERT", "UPDATE", "DELETE", "WITH"];
+/// Clauses whose expressions PostgreSQL matches against others.
+const MATCHED: &[&str] = &["GROUP", "DISTINCT", "CONFLICT"];
 /// Numbers with more digits may not fit in int4.
 const MAX_PARAM_DIGITS: u32 = 9;
 
@@ -127,6 +131,12 @@ pub fn plan(text: &str) -> Option<Plan> {
     if toks[..body].contains(&Tok::Punct(b';')) {
         return None;
     }
+    // PostgreSQL compares expressions for equality in GROUP BY (a grouped select-list
+    // expression), DISTINCT (ON) against ORDER BY and ON CONFLICT against an index: `x / 10`
+    // written twice would become `x / $1` and `x / $2`, which are not equal.
+    if toks.iter().any(|t| MATCHED.iter().any(|k| t.is_word(k))) {
+        return None;
+    }
     let values = toks.iter().filter(|t| **t == Tok::Value).count();
     let b = text.as_bytes();
     let plain = |&(s, e): &(usize, usize)| b[s..e].iter().all(u8::is_ascii_digit);
@@ -134,8 +144,9 @@ pub fn plan(text: &str) -> Option<Plan> {
         return None; // strings, parameters, or numbers with a point, exponent or `_`
     }
     // Bracket stack: whether each open bracket holds a list of expressions (the values of
-    // `IN (…)`, a row of `VALUES (…), (…)`), and whether the last one closed was a row.
-    let mut lists: Vec<bool> = Vec::new();
+    // `IN (…)`, a row of `VALUES (…), (…)`) and whether it is a row; and whether the last one
+    // closed was a row (so `, (` after it opens the next row).
+    let mut lists: Vec<(bool, bool)> = Vec::new();
     let mut closed_row = false;
     let mut numbers = Vec::with_capacity(spans.len());
     let mut next = spans.iter();
@@ -151,16 +162,15 @@ pub fn plan(text: &str) -> Option<Plan> {
                 // `IN (SELECT …)` is a subquery, `IN ((1, 2), …)` a list of rows.
                 let in_list = prev.is_some_and(|p| p.is_word("IN"))
                     && !matches!(toks.get(i + 1), Some(Tok::Word(_)) | Some(Tok::Punct(b'(')));
-                lists.push(row || in_list);
+                lists.push((row || in_list, row));
             }
-            Tok::Punct(b'[') => lists.push(false),
+            Tok::Punct(b'[') => lists.push((false, false)),
             Tok::Punct(b')') | Tok::Punct(b']') => {
-                // A VALUES row holds expressions only, so any list closed here was one.
-                closed_row = lists.pop().unwrap_or(false);
+                closed_row = lists.pop().is_some_and(|(_, row)| row);
             }
             Tok::Value => {
                 let &(start, end) = next.next()?;
-                let in_list = lists.last().copied().unwrap_or(false);
+                let in_list = lists.last().is_some_and(|&(list, _)| list);
                 let expr = match prev {
                     Some(Tok::Op(op)) => OPS.contains(&op),
                     // `OFFSET n ROWS` takes a signed constant, not `-$1`.
@@ -258,12 +268,18 @@ mod tests {
         // Output-column positions, a select-list constant, a type modifier, a subscript,
         // DISTINCT ON, a 10-digit number.
         assert_eq!(
-            stmt("select a, 1, b::varchar(10), c[2] from t where d = 3 group by 1, 2 order by 2 desc, 1").as_deref(),
-            Some("select a, 1, b::varchar(10), c[2] from t where d = $1 group by 1, 2 order by 2 desc, 1")
+            stmt("select a, 1, b::varchar(10), c[2] from t where d = 3 order by 2 desc, 1")
+                .as_deref(),
+            Some("select a, 1, b::varchar(10), c[2] from t where d = $1 order by 2 desc, 1")
         );
         assert_eq!(
-            stmt("select distinct on (1) a from t where id = 1234567890 and k = 5").as_deref(),
-            Some("select distinct on (1) a from t where id = 1234567890 and k = $1")
+            stmt("select a from t where id = 1234567890 and k = 5").as_deref(),
+            Some("select a from t where id = 1234567890 and k = $1")
+        );
+        // After an IN list, `, (2)` is not a row.
+        assert_eq!(
+            stmt("select f(a in (1), (2)) from t where b = 3").as_deref(),
+            Some("select f(a in ($1), (2)) from t where b = $2")
         );
         // A subquery inside IN is not a list of values.
         assert_eq!(
@@ -283,6 +299,11 @@ mod tests {
             "set statement_timeout = 5000",
             "explain select * from t where id = 5",
             "select * from t where id = 5; select 2",
+            // Expressions that must equal others.
+            "select x / 10, count(*) from t where y = 1 group by x / 10",
+            "select distinct x + 1 from t where y = 2 order by x + 1",
+            "select distinct on (x / 10) x from t order by x / 10, y = 3",
+            "insert into t values (1) on conflict ((x / 10)) do nothing",
             "begin",
             "",
         ] {

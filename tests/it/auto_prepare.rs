@@ -70,11 +70,19 @@ async fn simple_queries_run_prepared_and_answer_as_before() {
         "SELECT s + 1 AS x, pg_typeof(s + 1), pg_typeof(id = 4) FROM ap WHERE id = 4",
         // Output-column positions stay positions.
         "SELECT id FROM ap WHERE id IN (1, 2, 5) ORDER BY 1 DESC",
-        "SELECT t, count(*) FROM ap WHERE id > 0 GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 3",
+        "SELECT t, id % 3, id FROM ap WHERE id > 0 ORDER BY 2 DESC, 3 LIMIT 5",
         "SELECT id FROM ap WHERE n = 2 ORDER BY id",
         "SELECT id, id * 3 - -2 FROM ap WHERE id BETWEEN 2 AND 7 ORDER BY id OFFSET 1 LIMIT 4",
         "select id from ap where s = 1 and id < 10 order by id desc;",
     ];
+    // Grouped expressions must equal the select list's: left to the simple protocol.
+    let grouped = [
+        "SELECT id / 10 AS b, count(*) FROM ap WHERE id > 0 GROUP BY id / 10 ORDER BY 1",
+        "SELECT DISTINCT id % 4 FROM ap WHERE id < 9 ORDER BY id % 4",
+    ];
+    for q in grouped {
+        assert_eq!(answer(&c, q).await, answer(&direct, q).await, "{q}");
+    }
     for q in queries {
         let want = answer(&direct, q).await;
         assert_eq!(answer(&c, q).await, want, "{q}");
@@ -290,4 +298,48 @@ async fn unnamed_statements_are_prepared_once_per_server() {
         .await
         .unwrap();
     assert_eq!(row.get::<_, i32>(0), 11);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_table_costs_one_error_per_server_not_every_query() {
+    let env = env(PoolMode::Transaction, 1, |c| c.pgferry.auto_prepare = true).await;
+    let direct = table(&env).await;
+    let c = env.connect().await;
+    let q = "SELECT * FROM ap WHERE id = 2";
+    assert_eq!(answer(&c, q).await.unwrap()[0], "id|s|n|t");
+    direct
+        .batch_execute("ALTER TABLE ap ADD COLUMN extra int DEFAULT 7")
+        .await
+        .unwrap();
+    // The server refuses the statement prepared for the old columns once (as it would a
+    // driver's own prepared statement) ...
+    let first = answer(&c, q).await;
+    assert!(
+        first.as_ref().is_err_and(|e| e.starts_with("0A000")),
+        "{first:?}"
+    );
+    // ... and pgferry prepares it again from the new definition once that transaction is
+    // over (tokio-postgres reports the error before the ReadyForQuery that ends it, and would
+    // pipeline the next query behind it: a statement without the table ends it first).
+    c.simple_query("SELECT 'x'").await.unwrap();
+    let want = answer(&direct, q).await.unwrap();
+    assert_eq!(want[0], "id|s|n|t|extra");
+    assert_eq!(answer(&c, q).await, Ok(want.clone()));
+    assert_eq!(answer(&c, q).await, Ok(want));
+    // A client's own named statement: after the error, preparing it again works (before,
+    // pgferry kept handing out the server's stale statement for the same text).
+    let by_id = "SELECT * FROM ap WHERE id = $1";
+    let named = c.prepare(by_id).await.unwrap();
+    assert_eq!(c.query_one(&named, &[&2i64]).await.unwrap().len(), 5);
+    direct
+        .batch_execute("ALTER TABLE ap ADD COLUMN more int DEFAULT 8")
+        .await
+        .unwrap();
+    let e = c.query(&named, &[&2i64]).await.unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("0A000"));
+    c.simple_query("SELECT 'x'").await.unwrap();
+    let again = c.prepare(by_id).await.unwrap();
+    let row = c.query_one(&again, &[&2i64]).await.unwrap();
+    assert_eq!(row.len(), 6);
+    assert_eq!(row.get::<_, Option<i32>>("more"), Some(8));
 }
