@@ -9,7 +9,8 @@
 //! any client's (see [`super::statements`]).
 
 use super::statements::Stmt;
-use crate::protocol::views::ParseView;
+use crate::protocol::views::{self, ParseView};
+use crate::protocol::{build, tag};
 use crate::sql::autoprep::{fits, plan, Plan};
 use crate::sql::{digits_masked_hash, BuildPassThrough};
 use bytes::{BufMut, BytesMut};
@@ -38,28 +39,12 @@ impl AutoPrepared {
     /// portal, Execute and Sync. `text` fits the plan ([`Memo::get`] checked it), so it has the
     /// template's length and every span is within it.
     pub fn put_execution(&self, out: &mut BytesMut, text: &[u8]) {
-        let name = self.stmt.server_name();
         let params = self.plan.numbers.iter().filter(|n| n.param);
-        let values: usize = params.clone().map(|n| 4 + (n.end - n.start) as usize).sum();
-        let count = self.plan.params() as i16;
-        // Bind: portal "", statement, one format code (text), the values, no result formats
-        // (all text).
-        out.put_u8(b'B');
-        out.put_i32((4 + 1 + name.len() + 1 + 4 + 2 + values + 2) as i32);
-        out.put_u8(0);
-        out.put_slice(name);
-        out.put_u8(0);
-        out.put_i16(1);
-        out.put_i16(0);
-        out.put_i16(count);
-        for n in params {
-            out.put_i32((n.end - n.start) as i32);
-            out.put_slice(&text[n.start as usize..n.end as usize]);
-        }
-        out.put_i16(0);
-        out.put_slice(b"D\0\0\0\x06P\0");
-        out.put_slice(b"E\0\0\0\x09\0\0\0\0\0");
-        out.put_slice(b"S\0\0\0\x04");
+        let values = params.map(|n| &text[n.start as usize..n.end as usize]);
+        views::put_text_bind(out, self.stmt.server_name(), values);
+        views::put_target(out, tag::DESCRIBE, b'P', b"");
+        build::tagged(out, tag::EXECUTE, &[0; 5]); // the unnamed portal, every row
+        build::sync(out);
     }
 }
 
@@ -120,13 +105,10 @@ pub fn error_in_client_text(body: &[u8], plan: &Plan) -> Option<BytesMut> {
     let mut out = BytesMut::with_capacity(body.len() + 8);
     out.put_u8(b'E');
     out.put_i32(0);
-    let mut rest = body;
     let mut moved = false;
-    while let Some((&code, tail)) = rest.split_first() {
-        if code == 0 {
-            break;
-        }
-        let (value, tail) = crate::protocol::views::split_cstr(tail)?;
+    let mut read = 1; // the terminator
+    for (code, value) in views::error_fields(body) {
+        read += 2 + value.len();
         out.put_u8(code);
         match (
             code,
@@ -139,7 +121,9 @@ pub fn error_in_client_text(body: &[u8], plan: &Plan) -> Option<BytesMut> {
             _ => out.put_slice(value),
         }
         out.put_u8(0);
-        rest = tail;
+    }
+    if read != body.len() {
+        return None; // malformed: forwarded as it came
     }
     out.put_u8(0);
     let len = (out.len() - 1) as i32;

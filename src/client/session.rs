@@ -184,10 +184,6 @@ struct Session<'a> {
     /// The client may have changed search_path (not reported by the server): re-read it
     /// before the server is given back.
     search_path_dirty: bool,
-    /// The server reported that a prepared statement's result columns changed (DDL): its
-    /// statements are deallocated before it goes back to the pool, so each is prepared
-    /// again, from the new definition, at its next use.
-    stale_statements: bool,
     cancel: Arc<CancelSlot>,
     info: Arc<ClientInfo>,
     tally: Tally,
@@ -357,7 +353,6 @@ impl<'a> Session<'a> {
             errored: false,
             tx: b'I',
             search_path_dirty: false,
-            stale_statements: false,
             cancel,
             info,
             tally: Tally::default(),
@@ -1412,7 +1407,7 @@ impl Session<'_> {
             }
             tag::ERROR_RESPONSE => {
                 if self.rewrite && is_stale_plan(f.body()) {
-                    self.stale_statements = true;
+                    self.server_conn().prepared.mark_stale();
                 }
                 // In the extended protocol the server now skips everything up to Sync.
                 if let Some(Pending::Query { stat: Some(st) }) = self.pending.front_mut() {
@@ -1741,9 +1736,9 @@ impl Session<'_> {
     /// [`Session::release`] when it needs no query and no wait (the common case); false when
     /// the caller must use `release`.
     fn try_release(&mut self, now: Tick) -> bool {
-        if self.server.is_none()
+        let stale = |c: &Checkout| c.conn_ref().prepared.is_stale();
+        if self.server.as_ref().is_none_or(stale)
             || self.search_path_dirty
-            || self.stale_statements
             || self.pool.resets_always()
         {
             return false;
@@ -1779,13 +1774,9 @@ impl Session<'_> {
                 }
             }
         }
-        if self.stale_statements {
-            self.stale_statements = false;
-            if !matches!(c.conn().hidden_query("DEALLOCATE ALL").await, Ok((_, b'I'))) {
-                self.cancel.set(None).await;
-                return;
-            }
-            c.conn().prepared.clear();
+        if !c.conn().drop_stale_statements().await {
+            self.cancel.set(None).await;
+            return;
         }
         let settings = self.pool.settings();
         if settings.server_reset_query_always && !settings.server_reset_query.is_empty() {
@@ -1879,6 +1870,11 @@ impl Session<'_> {
         let cancelled = self.cancel.set(None).await;
         let clean = !cancelled && self.is_idle() && c.conn_ref().conn.pending_out() == 0;
         if !clean {
+            return;
+        }
+        let dropped =
+            tokio::time::timeout(Duration::from_secs(10), c.conn().drop_stale_statements());
+        if !matches!(dropped.await, Ok(true)) {
             return;
         }
         let settings = self.pool.settings();

@@ -116,18 +116,22 @@ pub fn parameter_status(body: &[u8]) -> Result<(&str, &str), FrameError> {
 
 /// One field (by its one-byte code) of an ErrorResponse or NoticeResponse.
 pub fn error_field(body: &[u8], code: u8) -> Option<&[u8]> {
+    error_fields(body).find(|&(c, _)| c == code).map(|(_, v)| v)
+}
+
+/// The fields of an ErrorResponse or NoticeResponse as (code, value), up to the terminator; a
+/// malformed field ends them.
+pub fn error_fields(body: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
     let mut rest = body;
-    while let Some((&c, after)) = rest.split_first() {
-        if c == 0 {
+    std::iter::from_fn(move || {
+        let (&code, after) = rest.split_first()?;
+        if code == 0 {
             return None;
         }
         let (value, after) = split_cstr(after)?;
-        if c == code {
-            return Some(value);
-        }
         rest = after;
-    }
-    None
+        Some((code, value))
+    })
 }
 
 /// BackendKeyData ('K'): process id and secret key (protocol 3.0, 4-byte key).
@@ -196,6 +200,29 @@ pub fn put_target(out: &mut BytesMut, tag: u8, kind: u8, new_name: &[u8]) {
     out.put_u8(kind);
     out.put_slice(new_name);
     out.put_u8(0);
+    end(out, at);
+}
+
+/// Appends a Bind of the unnamed portal to `statement`: `values` as text parameters, every
+/// result column as text.
+pub fn put_text_bind<'v>(
+    out: &mut BytesMut,
+    statement: &[u8],
+    values: impl Iterator<Item = &'v [u8]> + Clone,
+) {
+    let count = values.clone().count();
+    let at = begin(out, b'B', statement.len() + 10 + count * 8);
+    out.put_u8(0);
+    out.put_slice(statement);
+    out.put_u8(0);
+    out.put_i16(1);
+    out.put_i16(0);
+    out.put_i16(count as i16);
+    for v in values {
+        out.put_i32(v.len() as i32);
+        out.put_slice(v);
+    }
+    out.put_i16(0);
     end(out, at);
 }
 

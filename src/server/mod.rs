@@ -316,6 +316,20 @@ impl ServerConn {
         self.conn.stream().is_quiet()
     }
 
+    /// Deallocates the server's statements if they went stale (a table changed under them),
+    /// so each is prepared again from the new definition at its next use. False when the
+    /// server did not answer as expected: the connection must be closed.
+    pub async fn drop_stale_statements(&mut self) -> bool {
+        if !self.prepared.is_stale() {
+            return true;
+        }
+        if !matches!(self.hidden_query("DEALLOCATE ALL").await, Ok((_, b'I'))) {
+            return false;
+        }
+        self.prepared.clear();
+        true
+    }
+
     /// Runs a simple query whose replies are consumed here, never shown to a client.
     /// Returns the first column of each DataRow (for `SHOW`), and fails with the server's
     /// ErrorResponse if one came. The connection is idle ('I') again on success.

@@ -12,6 +12,9 @@ pub struct Registry {
     entries: HashMap<u64, u64, foldhash::fast::RandomState>,
     tick: u64,
     cap: usize,
+    /// The server reported a statement whose result columns changed (DDL): every statement
+    /// here must be deallocated before the connection serves another client.
+    stale: bool,
 }
 
 impl Registry {
@@ -20,6 +23,7 @@ impl Registry {
             entries: HashMap::default(),
             tick: 0,
             cap: cap.max(1),
+            stale: false,
         }
     }
 
@@ -61,6 +65,15 @@ impl Registry {
 
     pub fn clear(&mut self) {
         self.entries.clear();
+        self.stale = false;
+    }
+
+    pub fn mark_stale(&mut self) {
+        self.stale = true;
+    }
+
+    pub fn is_stale(&self) -> bool {
+        self.stale
     }
 
     pub fn len(&self) -> usize {
