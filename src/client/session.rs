@@ -175,6 +175,11 @@ struct Session<'a> {
     pending: VecDeque<Pending>,
     /// Extended-protocol messages went to the server since the last Sync.
     unsynced: bool,
+    /// What the client's output holds is only pgferry's own replies (a ParseComplete
+    /// answered locally, …), queued since the server last had something for the client.
+    /// While the server owes a reply they wait for it and go in the same write, as
+    /// PostgreSQL itself sends nothing before the Sync or Flush that follows them.
+    own_replies_only: bool,
     /// A locally raised error: drop messages until Sync, as PostgreSQL does.
     skipping: bool,
     /// The server already reported an error for the current request.
@@ -349,6 +354,7 @@ impl<'a> Session<'a> {
             stmts: Statements::default(),
             pending: VecDeque::new(),
             unsynced: false,
+            own_replies_only: false,
             skipping: false,
             errored: false,
             tx: b'I',
@@ -481,12 +487,14 @@ impl Session<'_> {
                     _ => 0,
                 };
                 if moved > 0 {
+                    self.own_replies_only = false;
                     self.tally.bytes_out += moved as u64;
                     self.flush_client_if_full().await?;
                     continue;
                 }
                 match conn.take_frame(&mut small) {
                     Ok(Some(taken)) => {
+                        self.own_replies_only = false;
                         self.on_server_frame(taken.view(&small)).await?;
                         continue;
                     }
@@ -517,7 +525,10 @@ impl Session<'_> {
                 }
             }
             // Nothing complete is buffered on either side: send what is queued, then wait.
-            self.client.flush().await?;
+            if !self.owed_reply_follows() {
+                self.client.flush().await?;
+                self.own_replies_only = false;
+            }
             if let Some(c) = self.server.as_mut() {
                 if c.conn().conn.pending_out() > 0 {
                     if let Err(e) = c.conn().conn.flush().await {
@@ -1157,7 +1168,7 @@ impl Session<'_> {
     /// A reply pgferry makes itself, kept in order behind outstanding server replies.
     fn local(&mut self, reply: Bytes) {
         if self.pending.is_empty() {
-            self.client.queue(&reply);
+            self.queue_own(&reply);
         } else {
             self.pending.push_back(Pending::Local(reply, None));
         }
@@ -1166,10 +1177,30 @@ impl Session<'_> {
     /// A local reply whose effect is reverted if an earlier request fails.
     fn local_undoable(&mut self, reply: Bytes, undo: LocalUndo) {
         if self.pending.is_empty() {
-            self.client.queue(&reply);
+            self.queue_own(&reply);
         } else {
             self.pending.push_back(Pending::Local(reply, Some(undo)));
         }
+    }
+
+    fn queue_own(&mut self, reply: &[u8]) {
+        if self.client.pending_out() == 0 {
+            self.own_replies_only = true;
+        }
+        self.client.queue(reply);
+    }
+
+    /// The client's output is only pgferry's own replies and a server request sent after
+    /// them is still unanswered: its reply will come (the client sent the Sync or Flush that
+    /// asks for it, or expects nothing yet) and both go to the client in one write. This
+    /// saves a write and a wakeup of the client per `pgbench -M extended` transaction.
+    fn owed_reply_follows(&self) -> bool {
+        self.own_replies_only
+            && self.server.is_some()
+            && self
+                .pending
+                .front()
+                .is_some_and(|p| !matches!(p, Pending::Local(..)))
     }
 
     /// An error raised by pgferry in the extended protocol: reported in order, then the

@@ -473,3 +473,45 @@ async fn max_prepared_statements_evicts_with_close() {
         .await;
     assert!(n[0].as_deref().unwrap().parse::<i64>().unwrap() <= 2);
 }
+
+/// A Parse pgferry answers itself (the server already has the text) waits for the reply to
+/// what the client sent after it, and goes out in the same write; but a Flush still gets it
+/// without a Sync, alone or ahead of the rows, in PostgreSQL's order. Named and unnamed
+/// statements (the unnamed one is recorded with `auto_prepare`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locally_answered_parse_comes_on_flush_in_order() {
+    let env = trust_env_with(PoolMode::Transaction, 1, |c| c.pgferry.auto_prepare = true).await;
+    let mut a = Raw::ready(env.addr).await;
+    let mut b = Raw::ready(env.addr).await;
+    const TEXT: &str = "SELECT $1::int * 7 AS v";
+    let mut m = parse("a1", TEXT);
+    m.extend(sync());
+    assert_eq!(tags(&a.roundtrip(&m).await), "1Z");
+    for (first, name) in [("b1", "b2"), ("", ""), ("", "")] {
+        // Parse and Flush alone.
+        let mut m = parse(first, TEXT);
+        m.extend(flush());
+        b.send(&m).await;
+        assert_eq!(b.expect_msg().await.tag, b'1', "{first:?}");
+        // The same, then rows, up to a Flush: nothing waits for the Sync.
+        let mut m = parse(name, TEXT);
+        m.extend(bind("", name, &[Some("6")]));
+        m.extend(describe(b'P', ""));
+        m.extend(execute("", 0));
+        m.extend(flush());
+        b.send(&m).await;
+        let mut got = Vec::new();
+        for _ in 0..5 {
+            got.push(b.expect_msg().await);
+        }
+        assert_eq!(tags(&got), "12TDC", "{name:?}");
+        assert_eq!(got[3].data_row(), [Some("42".to_string())]);
+        b.send(&sync()).await;
+        assert_eq!(tags(&b.until_ready().await), "Z");
+    }
+    // pgferry answered every Parse of b: the server prepared the text once.
+    let n = b
+        .simple("SELECT count(*) FROM pg_prepared_statements")
+        .await;
+    assert_eq!(n, [Some("1".to_string())]);
+}
