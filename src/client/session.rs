@@ -180,6 +180,11 @@ struct Session<'a> {
     /// While the server owes a reply they wait for it and go in the same write, as
     /// PostgreSQL itself sends nothing before the Sync or Flush that follows them.
     own_replies_only: bool,
+    /// An auto-prepared simple query the server refused with 0A000 (a table changed under
+    /// its statement) outside a transaction: it runs again as the client's text after the
+    /// ReadyForQuery that ends the failed attempt, and this error (as the client would have
+    /// seen it) is sent only if that cannot be done.
+    retry: Option<Bytes>,
     /// A locally raised error: drop messages until Sync, as PostgreSQL does.
     skipping: bool,
     /// The server already reported an error for the current request.
@@ -355,6 +360,7 @@ impl<'a> Session<'a> {
             pending: VecDeque::new(),
             unsynced: false,
             own_replies_only: false,
+            retry: None,
             skipping: false,
             errored: false,
             tx: b'I',
@@ -1130,7 +1136,11 @@ impl Session<'_> {
     fn execute_prepared(&mut self, a: Arc<AutoPrepared>, text: &[u8], stat: Option<Stat>) {
         self.tally.auto_prepared += 1;
         self.ensure_prepared(&a.stmt);
-        a.put_execution(self.server_conn().conn.out(), text);
+        let sc = self.server_conn();
+        a.put_execution(sc.conn.out(), text);
+        sc.auto_text.clear();
+        sc.auto_text.extend_from_slice(text);
+        sc.auto_text.push(0);
         self.expect(Pending::Bind { hidden: true });
         self.expect(Pending::Describe { hidden: true });
         let copy_ends = self.copy_ends;
@@ -1437,7 +1447,8 @@ impl Session<'_> {
                 return Box::pin(self.server_lost_with(&code, &why)).await;
             }
             tag::ERROR_RESPONSE => {
-                if self.rewrite && is_stale_plan(f.body()) {
+                let stale = self.rewrite && is_stale_plan(f.body());
+                if stale {
                     self.server_conn().prepared.mark_stale();
                 }
                 // In the extended protocol the server now skips everything up to Sync.
@@ -1455,14 +1466,29 @@ impl Session<'_> {
                     }
                 }
                 self.errored = true;
-                self.pool
-                    .count_error(views::error_field(f.body(), b'C').unwrap_or(b"XX"));
                 let moved = match self.pending.front() {
                     Some(Pending::Sync { auto: Some(a), .. }) => {
                         error_in_client_text(f.body(), &a.plan)
                     }
                     _ => None,
                 };
+                // The Sync of an auto-prepared query, nothing sent after it, no transaction
+                // open: the failed Bind did nothing, so the query can run again as text.
+                let auto_alone = self.pending.len() == 1
+                    && matches!(
+                        self.pending.front(),
+                        Some(Pending::Sync { auto: Some(_), .. })
+                    );
+                if stale && auto_alone && self.tx == b'I' {
+                    let error = match moved {
+                        Some(e) => e.freeze(),
+                        None => Bytes::copy_from_slice(f.raw()),
+                    };
+                    self.retry = Some(error);
+                    return Ok(());
+                }
+                self.pool
+                    .count_error(views::error_field(f.body(), b'C').unwrap_or(b"XX"));
                 match moved {
                     Some(e) => self.client.queue(&e),
                     None => self.client.queue(f.raw()),
@@ -1553,10 +1579,28 @@ impl Session<'_> {
         let Ok(status) = views::ready_status(&raw[5..]) else {
             return self.desync("malformed ReadyForQuery").await;
         };
-        match self.pending.pop_front() {
-            Some(Pending::Query { stat: Some(st) }) => self.complete(st),
-            Some(p) if p.ends_at_ready() => {}
+        let retry = self.retry.take();
+        let ended_auto = match self.pending.pop_front() {
+            Some(Pending::Query { stat: Some(st) }) => {
+                self.complete(st);
+                false
+            }
+            Some(Pending::Sync { auto, .. }) => auto.is_some(),
+            Some(p) if p.ends_at_ready() => false,
             _ => return self.desync("ReadyForQuery").await,
+        };
+        if let Some(error) = retry {
+            if ended_auto && status == b'I' && self.pending.is_empty() {
+                self.tx = status;
+                self.errored = false;
+                let sc = self.server_conn();
+                build::tagged(sc.conn.out(), tag::QUERY, &sc.auto_text);
+                self.expect(Pending::Query { stat: None });
+                return Ok(());
+            }
+            // The client sent more meanwhile: the retry would run after it.
+            self.pool.count_error(b"0A000");
+            self.client.queue(&error);
         }
         if let Some(n) = self.notice.take() {
             self.client.queue(&n);
@@ -1854,6 +1898,9 @@ impl Session<'_> {
     /// transaction, or in session mode, its state is gone: it gets FATAL and is disconnected.
     async fn server_lost_with(&mut self, code: &str, why: &str) -> Result<(), ClientError> {
         let pending = std::mem::take(&mut self.pending);
+        if self.retry.take().is_some() {
+            self.errored = false; // the client was not told of the error a retry would hide
+        }
         let in_copy_in = self.copy_in_until.is_some();
         self.server = None; // dropped: closed, never returned to the pool
         self.cancel.set(None).await;

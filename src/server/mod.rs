@@ -199,6 +199,10 @@ pub struct ServerConn {
     in_sync_with: Option<ParamSet>,
     /// pgferry-named prepared statements on this connection.
     pub prepared: prepared::Registry,
+    /// The Query body (text and NUL) of the last simple query sent here as an execution of
+    /// its auto-prepared statement: run again as text if the server refuses the statement
+    /// because a table changed under it (`auto_prepare`).
+    pub auto_text: Vec<u8>,
     pub created: Tick,
     pub last_used: Tick,
     /// The database generation it was opened under (RECONNECT bumps it).
@@ -236,6 +240,7 @@ impl ServerConn {
             unreported: HashMap::new(),
             in_sync_with: None,
             prepared: prepared::Registry::new(max_prepared),
+            auto_text: Vec::new(),
             created: now,
             last_used: now,
         }

@@ -301,8 +301,13 @@ async fn unnamed_statements_are_prepared_once_per_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_changed_table_costs_one_error_per_server_not_every_query() {
-    let env = env(PoolMode::Transaction, 1, |c| c.pgferry.auto_prepare = true).await;
+async fn a_changed_table_runs_the_query_again_or_errs_once_in_a_transaction() {
+    use crate::support::raw::{errors, first_column, query, Raw};
+    let env = env(PoolMode::Transaction, 1, |c| {
+        c.pgferry.auth_type = pgferry::config::AuthType::Trust;
+        c.pgferry.auto_prepare = true;
+    })
+    .await;
     let direct = table(&env).await;
     let c = env.connect().await;
     let q = "SELECT * FROM ap WHERE id = 2";
@@ -311,26 +316,36 @@ async fn a_changed_table_costs_one_error_per_server_not_every_query() {
         .batch_execute("ALTER TABLE ap ADD COLUMN extra int DEFAULT 7")
         .await
         .unwrap();
-    // The server refuses the statement prepared for the old columns once (as it would a
-    // driver's own prepared statement) ...
-    let first = answer(&c, q).await;
-    assert!(
-        first.as_ref().is_err_and(|e| e.starts_with("0A000")),
-        "{first:?}"
-    );
-    // ... and pgferry prepares it again from the new definition once that transaction is
-    // over (tokio-postgres reports the error before the ReadyForQuery that ends it, and would
-    // pipeline the next query behind it: a statement without the table ends it first).
-    c.simple_query("SELECT 'x'").await.unwrap();
+    // The server refuses the statement prepared for the old columns. Outside a transaction
+    // the failed attempt did nothing, and pgferry runs the client's text instead: the client
+    // sees the new columns and no error, as without auto_prepare.
     let want = answer(&direct, q).await.unwrap();
     assert_eq!(want[0], "id|s|n|t|extra");
     assert_eq!(answer(&c, q).await, Ok(want.clone()));
+    // The statement is prepared again from the new definition.
+    assert_eq!(answer(&c, q).await, Ok(want.clone()));
+    assert_eq!(answer(&c, q).await, Ok(want));
+    // Inside a transaction block the error stands (it aborted the transaction, as it would
+    // with a driver's own prepared statement); the next transaction has the new columns.
+    direct
+        .batch_execute("ALTER TABLE ap ADD COLUMN later int DEFAULT 9")
+        .await
+        .unwrap();
+    c.simple_query("BEGIN").await.unwrap();
+    let failed = answer(&c, q).await;
+    assert!(
+        failed.as_ref().is_err_and(|e| e.starts_with("0A000")),
+        "{failed:?}"
+    );
+    c.simple_query("ROLLBACK").await.unwrap();
+    let want = answer(&direct, q).await.unwrap();
+    assert_eq!(want[0], "id|s|n|t|extra|later");
     assert_eq!(answer(&c, q).await, Ok(want));
     // A client's own named statement: after the error, preparing it again works (before,
     // pgferry kept handing out the server's stale statement for the same text).
     let by_id = "SELECT * FROM ap WHERE id = $1";
     let named = c.prepare(by_id).await.unwrap();
-    assert_eq!(c.query_one(&named, &[&2i64]).await.unwrap().len(), 5);
+    assert_eq!(c.query_one(&named, &[&2i64]).await.unwrap().len(), 6);
     direct
         .batch_execute("ALTER TABLE ap ADD COLUMN more int DEFAULT 8")
         .await
@@ -340,6 +355,22 @@ async fn a_changed_table_costs_one_error_per_server_not_every_query() {
     c.simple_query("SELECT 'x'").await.unwrap();
     let again = c.prepare(by_id).await.unwrap();
     let row = c.query_one(&again, &[&2i64]).await.unwrap();
-    assert_eq!(row.len(), 6);
+    assert_eq!(row.len(), 7);
     assert_eq!(row.get::<_, Option<i32>>("more"), Some(8));
+    // Pipelined ahead of another query the refused one is not run again (it would then run
+    // after it): the client gets the error, then the next query's answer, in order.
+    c.simple_query("SELECT 'x'").await.unwrap();
+    assert_eq!(answer(&c, q).await.unwrap()[0], "id|s|n|t|extra|later|more");
+    direct
+        .batch_execute("ALTER TABLE ap ADD COLUMN piped int")
+        .await
+        .unwrap();
+    let mut r = Raw::ready(env.addr).await;
+    let mut b = query(q);
+    b.extend(query("SELECT 'next'"));
+    r.send(&b).await;
+    let refused = r.until_ready().await;
+    assert_eq!(errors(&refused)[0].0, "0A000", "{refused:?}");
+    assert_eq!(first_column(&r.until_ready().await), ["next"]);
+    assert_eq!(r.simple(q).await, [Some("2".to_string())]);
 }
