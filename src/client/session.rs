@@ -80,6 +80,15 @@ impl Pending {
     }
 }
 
+/// A refused auto-prepared execution waiting to run again as text (see `Session::retry`).
+#[derive(Debug)]
+struct Retry {
+    /// The error as the client would see it, sent only if the query cannot run again.
+    error: Bytes,
+    /// Its timing for query insight, carried over to the run as text.
+    stat: Option<Stat>,
+}
+
 /// Bookkeeping to revert when a locally answered message turns out to be skipped.
 #[derive(Debug)]
 enum LocalUndo {
@@ -182,9 +191,9 @@ struct Session<'a> {
     own_replies_only: bool,
     /// An auto-prepared simple query the server refused with 0A000 (a table changed under
     /// its statement) outside a transaction: it runs again as the client's text after the
-    /// ReadyForQuery that ends the failed attempt, and this error (as the client would have
-    /// seen it) is sent only if that cannot be done.
-    retry: Option<Bytes>,
+    /// ReadyForQuery that ends the failed attempt (boxed: rare, and kept out of every
+    /// client's size).
+    retry: Option<Box<Retry>>,
     /// A locally raised error: drop messages until Sync, as PostgreSQL does.
     skipping: bool,
     /// The server already reported an error for the current request.
@@ -1455,13 +1464,19 @@ impl Session<'_> {
                 if let Some(Pending::Query { stat: Some(st) }) = self.pending.front_mut() {
                     st.error = true;
                 }
+                // The timing of a refused execution that may yet run again as text.
+                let mut refused = None;
                 if !matches!(self.pending.front(), Some(Pending::Query { .. }) | None) {
                     while let Some(p) = self.pending.front() {
                         if p.ends_at_ready() {
                             break;
                         }
-                        if let Some(p) = self.pending.pop_front() {
-                            self.undo(p);
+                        match self.pending.pop_front() {
+                            Some(Pending::Execute { stat, .. }) if stale && refused.is_none() => {
+                                refused = stat;
+                            }
+                            Some(p) => self.undo(p),
+                            None => {}
                         }
                     }
                 }
@@ -1484,8 +1499,13 @@ impl Session<'_> {
                         Some(e) => e.freeze(),
                         None => Bytes::copy_from_slice(f.raw()),
                     };
-                    self.retry = Some(error);
+                    let stat = refused;
+                    self.retry = Some(Box::new(Retry { error, stat }));
                     return Ok(());
+                }
+                if let Some(mut st) = refused {
+                    st.error = true;
+                    self.complete(st);
                 }
                 self.pool
                     .count_error(views::error_field(f.body(), b'C').unwrap_or(b"XX"));
@@ -1589,18 +1609,23 @@ impl Session<'_> {
             Some(p) if p.ends_at_ready() => false,
             _ => return self.desync("ReadyForQuery").await,
         };
-        if let Some(error) = retry {
+        if let Some(retry) = retry {
+            let Retry { error, stat } = *retry;
             if ended_auto && status == b'I' && self.pending.is_empty() {
                 self.tx = status;
                 self.errored = false;
                 let sc = self.server_conn();
                 build::tagged(sc.conn.out(), tag::QUERY, &sc.auto_text);
-                self.expect(Pending::Query { stat: None });
+                self.expect(Pending::Query { stat });
                 return Ok(());
             }
             // The client sent more meanwhile: the retry would run after it.
             self.pool.count_error(b"0A000");
             self.client.queue(&error);
+            if let Some(mut st) = stat {
+                st.error = true;
+                self.complete(st);
+            }
         }
         if let Some(n) = self.notice.take() {
             self.client.queue(&n);

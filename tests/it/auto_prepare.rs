@@ -325,6 +325,13 @@ async fn a_changed_table_runs_the_query_again_or_errs_once_in_a_transaction() {
     // The statement is prepared again from the new definition.
     assert_eq!(answer(&c, q).await, Ok(want.clone()));
     assert_eq!(answer(&c, q).await, Ok(want));
+    // Query insight counts what the client saw: four calls, no error.
+    let summaries = env.app().insight.query_summaries();
+    let ap = summaries
+        .iter()
+        .find(|s| s.query.contains("from ap where id ="))
+        .unwrap_or_else(|| panic!("{summaries:?}"));
+    assert_eq!((ap.calls, ap.errors), (4, 0), "{ap:?}");
     // Inside a transaction block the error stands (it aborted the transaction, as it would
     // with a driver's own prepared statement); the next transaction has the new columns.
     direct
