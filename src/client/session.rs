@@ -1503,9 +1503,8 @@ impl Session<'_> {
                     self.retry = Some(Box::new(Retry { error, stat }));
                     return Ok(());
                 }
-                if let Some(mut st) = refused {
-                    st.error = true;
-                    self.complete(st);
+                if let Some(st) = refused {
+                    self.complete_failed(st);
                 }
                 self.pool
                     .count_error(views::error_field(f.body(), b'C').unwrap_or(b"XX"));
@@ -1622,9 +1621,8 @@ impl Session<'_> {
             // The client sent more meanwhile: the retry would run after it.
             self.pool.count_error(b"0A000");
             self.client.queue(&error);
-            if let Some(mut st) = stat {
-                st.error = true;
-                self.complete(st);
+            if let Some(st) = stat {
+                self.complete_failed(st);
             }
         }
         if let Some(n) = self.notice.take() {
@@ -1701,6 +1699,12 @@ impl Session<'_> {
             application_name: self.params.get("application_name").unwrap_or("").to_owned(),
             client_addr: self.info.addr.to_string(),
         })
+    }
+
+    /// [`Session::complete`] for a statement that failed (or was skipped after an error).
+    fn complete_failed(&mut self, mut st: Stat) {
+        st.error = true;
+        self.complete(st);
     }
 
     /// A timed statement finished: statistics and the detector's server time.
@@ -1807,12 +1811,8 @@ impl Session<'_> {
             }
             return;
         }
-        if let Pending::Execute {
-            stat: Some(mut st), ..
-        } = p
-        {
-            st.error = true;
-            self.complete(st);
+        if let Pending::Execute { stat: Some(st), .. } = p {
+            self.complete_failed(st);
             return;
         }
         if let Pending::Parse { id, name, .. } = p {
@@ -2047,7 +2047,6 @@ fn tag_rows(t: &[u8]) -> u64 {
         .unwrap_or(0)
 }
 
-/// True for an ErrorResponse of severity FATAL or PANIC (the server closes after it).
 /// "cached plan must not change result type": a prepared statement outlived a change of the
 /// columns it returns.
 fn is_stale_plan(body: &[u8]) -> bool {
@@ -2055,6 +2054,7 @@ fn is_stale_plan(body: &[u8]) -> bool {
         && views::error_field(body, b'M') == Some(b"cached plan must not change result type")
 }
 
+/// True for an ErrorResponse of severity FATAL or PANIC (the server closes after it).
 fn is_fatal(body: &[u8]) -> bool {
     let sev = views::error_field(body, b'V').or_else(|| views::error_field(body, b'S'));
     matches!(sev, Some(b"FATAL" | b"PANIC"))

@@ -235,12 +235,19 @@ mod tests {
         plan(text).map(|p| p.statement)
     }
 
+    /// Each text is planned into the statement next to it.
+    fn assert_planned(cases: &[(&str, &str)]) {
+        for &(text, want) in cases {
+            assert_eq!(stmt(text).as_deref(), Some(want), "{text}");
+        }
+    }
+
     #[test]
     fn numbers_in_expression_positions_become_int4_parameters() {
-        assert_eq!(
-            stmt("SELECT abalance FROM pgbench_accounts WHERE aid = 48213;").as_deref(),
-            Some("SELECT abalance FROM pgbench_accounts WHERE aid = $1;")
-        );
+        assert_planned(&[(
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = $1;",
+        )]);
         let p = plan(
             "update t set v = v + -5 where id in (1, 2,3) and x between 4 and 70 limit 10 offset 0",
         )
@@ -250,15 +257,17 @@ mod tests {
             "update t set v = v + -$1 where id in ($2, $3,$4) and x between $5 and $6 limit $7 offset $8"
         );
         assert_eq!(p.params(), 8);
-        // pgbench's tpcb-like INSERT; the column list is not a row.
-        assert_eq!(
-            stmt("INSERT INTO h (tid, bid, aid, delta, mtime) VALUES (7, 1, 48213, -1234, CURRENT_TIMESTAMP);").as_deref(),
-            Some("INSERT INTO h (tid, bid, aid, delta, mtime) VALUES ($1, $2, $3, -$4, CURRENT_TIMESTAMP);")
-        );
-        assert_eq!(
-            stmt("insert into t values (1, f(2)), (3, 4) returning (5)").as_deref(),
-            Some("insert into t values ($1, f(2)), ($2, $3) returning (5)")
-        );
+        assert_planned(&[
+            // pgbench's tpcb-like INSERT; the column list is not a row.
+            (
+                "INSERT INTO h (tid, bid, aid, delta, mtime) VALUES (7, 1, 48213, -1234, CURRENT_TIMESTAMP);",
+                "INSERT INTO h (tid, bid, aid, delta, mtime) VALUES ($1, $2, $3, -$4, CURRENT_TIMESTAMP);",
+            ),
+            (
+                "insert into t values (1, f(2)), (3, 4) returning (5)",
+                "insert into t values ($1, f(2)), ($2, $3) returning (5)",
+            ),
+        ]);
         assert_eq!(&p.param_types[..2], &8i16.to_be_bytes());
         assert_eq!(&p.param_types[2..6], &23u32.to_be_bytes());
     }
@@ -267,25 +276,26 @@ mod tests {
     fn positions_that_are_not_expressions_keep_their_numbers() {
         // Output-column positions, a select-list constant, a type modifier, a subscript,
         // DISTINCT ON, a 10-digit number.
-        assert_eq!(
-            stmt("select a, 1, b::varchar(10), c[2] from t where d = 3 order by 2 desc, 1")
-                .as_deref(),
-            Some("select a, 1, b::varchar(10), c[2] from t where d = $1 order by 2 desc, 1")
-        );
-        assert_eq!(
-            stmt("select a from t where id = 1234567890 and k = 5").as_deref(),
-            Some("select a from t where id = 1234567890 and k = $1")
-        );
-        // After an IN list, `, (2)` is not a row.
-        assert_eq!(
-            stmt("select f(a in (1), (2)) from t where b = 3").as_deref(),
-            Some("select f(a in ($1), (2)) from t where b = $2")
-        );
-        // A subquery inside IN is not a list of values.
-        assert_eq!(
-            stmt("select * from t where a in (select b from u order by 1, 2) and c = 7").as_deref(),
-            Some("select * from t where a in (select b from u order by 1, 2) and c = $1")
-        );
+        assert_planned(&[
+            (
+                "select a, 1, b::varchar(10), c[2] from t where d = 3 order by 2 desc, 1",
+                "select a, 1, b::varchar(10), c[2] from t where d = $1 order by 2 desc, 1",
+            ),
+            (
+                "select a from t where id = 1234567890 and k = 5",
+                "select a from t where id = 1234567890 and k = $1",
+            ),
+            // After an IN list, `, (2)` is not a row.
+            (
+                "select f(a in (1), (2)) from t where b = 3",
+                "select f(a in ($1), (2)) from t where b = $2",
+            ),
+            // A subquery inside IN is not a list of values.
+            (
+                "select * from t where a in (select b from u order by 1, 2) and c = 7",
+                "select * from t where a in (select b from u order by 1, 2) and c = $1",
+            ),
+        ]);
     }
 
     #[test]
@@ -310,10 +320,10 @@ mod tests {
             assert_eq!(stmt(text), None, "{text}");
         }
         assert!(stmt("select * from t where id = 5;;").is_some());
-        assert_eq!(
-            stmt("select * from t where a = 1 offset -5 rows").as_deref(),
-            Some("select * from t where a = $1 offset -5 rows")
-        );
+        assert_planned(&[(
+            "select * from t where a = 1 offset -5 rows",
+            "select * from t where a = $1 offset -5 rows",
+        )]);
         assert!(stmt("with x as (select 1) select * from x where y = 2").is_some());
     }
 

@@ -44,6 +44,15 @@ async fn prepared_statements(c: &Client) -> Vec<String> {
         .collect()
 }
 
+/// One server, `auto_prepare` on, trust authentication (for the raw-protocol client).
+async fn trust_env() -> Env {
+    env(PoolMode::Transaction, 1, |c| {
+        c.pgferry.auth_type = pgferry::config::AuthType::Trust;
+        c.pgferry.auto_prepare = true;
+    })
+    .await
+}
+
 async fn table(env: &Env) -> Client {
     let direct = env.direct().await;
     direct
@@ -253,11 +262,7 @@ async fn many_clients_few_servers_each_gets_its_own_values() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unnamed_statements_are_prepared_once_per_server() {
     use crate::support::raw::*;
-    let env = env(PoolMode::Transaction, 1, |c| {
-        c.pgferry.auth_type = pgferry::config::AuthType::Trust;
-        c.pgferry.auto_prepare = true;
-    })
-    .await;
+    let env = trust_env().await;
     let mut r = Raw::ready(env.addr).await;
     let by_id = "SELECT qty FROM items WHERE id = $1";
     for id in ["7", "8"] {
@@ -303,11 +308,7 @@ async fn unnamed_statements_are_prepared_once_per_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_table_runs_the_query_again_or_errs_once_in_a_transaction() {
     use crate::support::raw::{errors, first_column, query, Raw};
-    let env = env(PoolMode::Transaction, 1, |c| {
-        c.pgferry.auth_type = pgferry::config::AuthType::Trust;
-        c.pgferry.auto_prepare = true;
-    })
-    .await;
+    let env = trust_env().await;
     let direct = table(&env).await;
     let c = env.connect().await;
     let q = "SELECT * FROM ap WHERE id = 2";
