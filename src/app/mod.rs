@@ -248,6 +248,16 @@ impl App {
         auth::secret_for_scram(secret)
     }
 
+    /// A schema change in logical database `db`: the statements prepared on its servers (by
+    /// every user's pool) are deallocated before those serve another transaction.
+    pub fn schema_changed(&self, db: &str) {
+        for p in self.pools.iter() {
+            if p.database == db {
+                p.statements_changed();
+            }
+        }
+    }
+
     /// The pool serving `user` on logical database `db`, created on first use (with its
     /// janitor, which keeps min_pool_size connections open and closes idle ones).
     pub fn pool(&self, db: &str, user: &str) -> Option<Arc<Pool>> {

@@ -203,6 +203,10 @@ struct Session<'a> {
     /// The client may have changed search_path (not reported by the server): re-read it
     /// before the server is given back.
     search_path_dirty: bool,
+    /// The client changed the schema (ALTER TABLE, CREATE OR REPLACE VIEW, …): when its
+    /// transaction ends, every server of the database deallocates its prepared statements
+    /// before it serves another transaction, so none runs a plan for the old columns.
+    schema_changed: bool,
     cancel: Arc<CancelSlot>,
     info: Arc<ClientInfo>,
     tally: Tally,
@@ -374,6 +378,7 @@ impl<'a> Session<'a> {
             errored: false,
             tx: b'I',
             search_path_dirty: false,
+            schema_changed: false,
             cancel,
             info,
             tally: Tally::default(),
@@ -994,6 +999,7 @@ impl Session<'_> {
             return;
         };
         let sc = c.conn();
+        sc.statements_fresh();
         if let Some(evicted) = sc.prepared.insert(stmt.id) {
             views::put_target(sc.conn.out(), tag::CLOSE, b'S', &server_name(evicted));
             self.pending.push_back(Pending::Close { hidden: true });
@@ -1242,7 +1248,7 @@ impl Session<'_> {
         let now = self.now();
         let ready = match self.pool.try_checkout_now(now) {
             Some(mut c) => {
-                if !self.params.in_sync(c.conn()) {
+                if !self.params.in_sync(c.conn()) || c.conn_ref().statements_stale() {
                     Some(c)
                 } else if let Err(c) = self.try_attach(c) {
                     Some(c)
@@ -1305,6 +1311,11 @@ impl Session<'_> {
                 return Ok(false);
             }
         };
+        if c.conn_ref().statements_stale() && !c.conn().drop_stale_statements().await {
+            drop(c); // unknown state: closed
+            self.server_unprepared(extended, "it did not deallocate its statements");
+            return Ok(false);
+        }
         if let Some(sql) = self.params.sync_sql(c.conn_ref()) {
             match c.conn().hidden_query(&sql).await {
                 Ok((_, b'I')) => self.params.after_sync(c.conn()),
@@ -1325,19 +1336,25 @@ impl Session<'_> {
                 }
                 Err(e) => {
                     drop(c);
-                    let msg = format!("pgferry could not prepare server connection: {e}");
-                    build::error(self.client.out(), Severity::Error, "08006", &msg);
-                    if extended {
-                        self.skipping = true;
-                    } else {
-                        build::ready_for_query(self.client.out(), self.tx);
-                    }
+                    self.server_unprepared(extended, &e.to_string());
                     return Ok(false);
                 }
             }
         }
         self.attach(c).await;
         Ok(true)
+    }
+
+    /// Tells the client its request failed because the server it got could not be made ready
+    /// for it (the connection was closed); the session goes on.
+    fn server_unprepared(&mut self, extended: bool, why: &str) {
+        let msg = format!("pgferry could not prepare server connection: {why}");
+        build::error(self.client.out(), Severity::Error, "08006", &msg);
+        if extended {
+            self.skipping = true;
+        } else {
+            build::ready_for_query(self.client.out(), self.tx);
+        }
     }
 
     /// Waits for a checkout. `Ok(None)`: the wait ended without one and the client was told
@@ -1459,6 +1476,9 @@ impl Session<'_> {
                 let stale = self.rewrite && is_stale_plan(f.body());
                 if stale {
                     self.server_conn().prepared.mark_stale();
+                    // A table changed outside pgferry: the other servers' statements for it
+                    // are stale too; they go before the next transaction, not after an error.
+                    self.app.schema_changed(&self.pool.database);
                 }
                 // In the extended protocol the server now skips everything up to Sync.
                 if let Some(Pending::Query { stat: Some(st) }) = self.pending.front_mut() {
@@ -1628,6 +1648,11 @@ impl Session<'_> {
         if let Some(n) = self.notice.take() {
             self.client.queue(&n);
         }
+        if self.schema_changed && status == b'I' {
+            // Committed (or rolled back: deallocating then costs a Parse per statement).
+            self.schema_changed = false;
+            self.app.schema_changed(&self.pool.database);
+        }
         self.tx = status;
         self.errored = false;
         self.client.queue(raw);
@@ -1776,6 +1801,10 @@ impl Session<'_> {
 
     /// CommandComplete tags that change state pgferry keeps for the client.
     fn on_command_tag(&mut self, t: &[u8]) {
+        // Whatever the pool mode: migrations often run through a session-mode pool.
+        if changes_result_types(t) {
+            self.schema_changed = true;
+        }
         if !self.rewrite {
             return;
         }
@@ -1836,7 +1865,7 @@ impl Session<'_> {
     /// [`Session::release`] when it needs no query and no wait (the common case); false when
     /// the caller must use `release`.
     fn try_release(&mut self, now: Tick) -> bool {
-        let stale = |c: &Checkout| c.conn_ref().prepared.is_stale();
+        let stale = |c: &Checkout| c.conn_ref().statements_stale();
         if self.server.as_ref().is_none_or(stale)
             || self.search_path_dirty
             || self.pool.resets_always()
@@ -2052,6 +2081,28 @@ fn tag_rows(t: &[u8]) -> u64 {
 fn is_stale_plan(body: &[u8]) -> bool {
     views::error_field(body, b'C') == Some(b"0A000")
         && views::error_field(body, b'M') == Some(b"cached plan must not change result type")
+}
+
+/// Command tags of statements that can change the columns an existing statement returns
+/// (PostgreSQL then refuses that statement's next execution). Creating or dropping a table
+/// is not among them: a statement cannot have been prepared on a table that did not exist,
+/// and applications create and drop temporary tables per request (deallocating every
+/// statement each time would undo `auto_prepare`); a table dropped and made again with other
+/// columns is caught by the server's refusal instead.
+fn changes_result_types(tag: &[u8]) -> bool {
+    matches!(
+        tag,
+        b"ALTER TABLE"
+            | b"ALTER VIEW"
+            | b"ALTER MATERIALIZED VIEW"
+            | b"ALTER TYPE"
+            | b"ALTER DOMAIN"
+            | b"CREATE VIEW"
+            | b"DROP VIEW"
+            | b"DROP MATERIALIZED VIEW"
+            | b"DROP TYPE"
+            | b"DROP DOMAIN"
+    )
 }
 
 /// True for an ErrorResponse of severity FATAL or PANIC (the server closes after it).

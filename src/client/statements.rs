@@ -3,7 +3,7 @@
 //! Statements are prepared lazily on whichever server connection the client gets.
 
 use crate::protocol::views::{rewrite_parse, ParseView};
-use crate::server::prepared::server_name;
+use crate::server::prepared::{server_name, RESENT};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -26,8 +26,15 @@ pub struct Stmt {
 }
 
 impl Stmt {
+    /// The statement of a Parse. An unnamed one (a client's, or `auto_prepare`'s for a simple
+    /// query) gets an id with [`RESENT`] set: its client sends the text with every use, so
+    /// after a schema change it may be prepared again from the new definition, which a
+    /// client's own named statement may not (see [`crate::server::ServerConn::statements_stale`]).
     pub fn from_parse(p: &ParseView<'_>) -> Stmt {
-        let id = statement_id(p.query, p.param_types);
+        let id = match p.name {
+            b"" => statement_id(p.query, p.param_types) | RESENT,
+            _ => statement_id(p.query, p.param_types) & !RESENT,
+        };
         let name = server_name(id);
         Stmt {
             id,
@@ -104,6 +111,20 @@ impl Statements {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unnamed_and_named_statements_of_one_text_differ_on_servers() {
+        let p = |name: &'static [u8]| ParseView {
+            name,
+            query: b"select $1",
+            param_types: b"",
+        };
+        let (unnamed, named) = (Stmt::from_parse(&p(b"")), Stmt::from_parse(&p(b"s1")));
+        assert_ne!(unnamed.id & RESENT, 0);
+        assert_eq!(named.id & RESENT, 0);
+        assert_eq!(unnamed.id & !RESENT, named.id);
+        assert_eq!(named.id, Stmt::from_parse(&p(b"s2")).id);
+    }
 
     #[test]
     fn same_text_same_id_and_types_matter() {

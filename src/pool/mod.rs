@@ -340,6 +340,14 @@ impl Pool {
             .wrapping_add(self.generation.load(Ordering::Acquire))
     }
 
+    /// The schema of the database may have changed under the statements prepared on this
+    /// pool's connections: each deallocates them before it serves another transaction.
+    pub fn statements_changed(&self) {
+        for s in self.servers.iter() {
+            s.statements_outdated.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// Idle server connections now.
     pub fn idle_count(&self) -> usize {
         self.idle.lock().len()

@@ -139,6 +139,10 @@ pub struct ServerInfo {
     /// When it was last handed to a client (µs since epoch).
     pub request_time_us: AtomicU64,
     pub prepared_statements: AtomicUsize,
+    /// A schema change (DDL through pgferry, or a server refusing a statement whose result
+    /// columns changed) may have made this connection's prepared statements stale: they are
+    /// deallocated before it serves another transaction (see [`ServerConn::statements_stale`]).
+    pub statements_outdated: AtomicBool,
     pub application_name: Mutex<String>,
     /// Protocol and cipher when the connection uses TLS (SHOW SERVERS `tls`).
     pub tls: Option<String>,
@@ -157,6 +161,7 @@ impl ServerInfo {
             client: AtomicU64::new(0),
             request_time_us: AtomicU64::new(o.request_time_us.load(Ordering::Relaxed)),
             prepared_statements: AtomicUsize::new(0),
+            statements_outdated: AtomicBool::new(false),
             application_name: Mutex::new(String::new()),
             tls: o.tls.clone(),
         }
@@ -227,6 +232,7 @@ impl ServerConn {
                 client: AtomicU64::new(0),
                 request_time_us: AtomicU64::new(now.wall_us()),
                 prepared_statements: AtomicUsize::new(0),
+                statements_outdated: AtomicBool::new(false),
                 application_name: Mutex::new(String::new()),
                 tls: conn.stream().tls_description(),
             }),
@@ -321,18 +327,57 @@ impl ServerConn {
         self.conn.stream().is_quiet()
     }
 
-    /// Deallocates the server's statements if they went stale (a table changed under them),
-    /// so each is prepared again from the new definition at its next use. False when the
-    /// server did not answer as expected: the connection must be closed.
+    /// True if statements must be deallocated before the connection serves another
+    /// transaction: this server refused one because a table changed under it (then all go),
+    /// or a schema change elsewhere may have done the same to the statements whose clients
+    /// send their text with every use ([`prepared::RESENT`]). A client's own named statements
+    /// stay in that case: as on a direct connection, the server refuses them if their columns
+    /// changed, which tells the client's driver to prepare them again.
+    pub fn statements_stale(&self) -> bool {
+        self.prepared.is_stale()
+            || (self.info.statements_outdated.load(Ordering::Relaxed) && self.prepared.has_resent())
+    }
+
+    /// A statement is about to be prepared here: if no statement that a schema change could
+    /// have outdated is left, the mark is cleared (what is prepared from now on is current).
+    pub fn statements_fresh(&self) {
+        if self.info.statements_outdated.load(Ordering::Relaxed) && !self.prepared.has_resent() {
+            self.info
+                .statements_outdated
+                .store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Deallocates the statements [`ServerConn::statements_stale`] names, so each is prepared
+    /// again from the new definition at its next use. False when the server did not answer
+    /// as expected: the connection must be closed.
     pub async fn drop_stale_statements(&mut self) -> bool {
-        if !self.prepared.is_stale() {
+        // Cleared first: a schema change announced while the statements go marks them again.
+        let outdated = self.info.statements_outdated.swap(false, Ordering::Relaxed);
+        if self.prepared.is_stale() {
+            if !matches!(self.hidden_query("DEALLOCATE ALL").await, Ok((_, b'I'))) {
+                return false;
+            }
+            self.prepared.clear();
             return true;
         }
-        if !matches!(self.hidden_query("DEALLOCATE ALL").await, Ok((_, b'I'))) {
-            return false;
+        if !outdated {
+            return true;
         }
-        self.prepared.clear();
-        true
+        let ids = self.prepared.remove_resent();
+        if ids.is_empty() {
+            return true;
+        }
+        let sql: Vec<String> = ids
+            .iter()
+            .map(|id| {
+                format!(
+                    "DEALLOCATE {}",
+                    String::from_utf8_lossy(&prepared::server_name(*id))
+                )
+            })
+            .collect();
+        matches!(self.hidden_query(&sql.join("; ")).await, Ok((_, b'I')))
     }
 
     /// Runs a simple query whose replies are consumed here, never shown to a client.

@@ -80,10 +80,34 @@ impl Registry {
         self.entries.len()
     }
 
+    /// Whether any statement here has [`RESENT`] set.
+    pub fn has_resent(&self) -> bool {
+        self.entries.keys().any(|id| id & RESENT != 0)
+    }
+
+    /// Forgets the statements with [`RESENT`] set and returns their ids.
+    pub fn remove_resent(&mut self) -> Vec<u64> {
+        let ids: Vec<u64> = self
+            .entries
+            .keys()
+            .copied()
+            .filter(|id| id & RESENT != 0)
+            .collect();
+        for id in &ids {
+            self.entries.remove(id);
+        }
+        ids
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 }
+
+/// Set in the id of a statement whose client sends its text with every use (an unnamed
+/// statement, `auto_prepare`): preparing it again from the current definition gives the
+/// client what it would get without pgferry. Clear for a client's named statement.
+pub const RESENT: u64 = 1 << 63;
 
 /// The server-side name pgferry gives a statement id.
 pub fn server_name(id: u64) -> [u8; 20] {

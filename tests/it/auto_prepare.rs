@@ -382,3 +382,90 @@ async fn a_changed_table_runs_the_query_again_or_errs_once_in_a_transaction() {
     assert_eq!(first_column(&r.until_ready().await), ["next"]);
     assert_eq!(r.simple(q).await, [Some("2".to_string())]);
 }
+
+/// A statement as a client runs it: its text, sent with every execution (unnamed Parse,
+/// Bind, Execute: what most drivers send), or a named statement it prepared earlier.
+enum Run<'a> {
+    Text(&'a str),
+    Named(&'a tokio_postgres::Statement),
+}
+
+/// What `c` gets for `run`: the server's pid and the column count, or the SQLSTATE.
+async fn run_on(c: &Client, run: &Run<'_>) -> Result<(i32, usize), String> {
+    let rows = match run {
+        Run::Text(q) => {
+            c.query_typed(q, &[(&2i64, tokio_postgres::types::Type::INT8)])
+                .await
+        }
+        Run::Named(st) => c.query(*st, &[&2i64]).await,
+    };
+    match rows {
+        Ok(rows) => Ok((rows[0].get("pid"), rows[0].len())),
+        Err(e) => Err(sqlstate(&e).unwrap_or_default()),
+    }
+}
+
+/// Runs `run` on each connection of a two-server pool: `h` keeps one in a transaction while
+/// `a` runs it on the other; then `b` keeps that one while `c` runs it on the first.
+async fn on_both([h, a, b, c]: [&Client; 4], run: &Run<'_>) -> [Result<usize, String>; 2] {
+    h.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let first = run_on(a, run).await;
+    b.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    h.batch_execute("COMMIT").await.unwrap();
+    let second = run_on(c, run).await;
+    b.batch_execute("COMMIT").await.unwrap();
+    if let (Ok((p1, _)), Ok((p2, _))) = (&first, &second) {
+        assert_ne!(p1, p2, "both ran on one server");
+    }
+    [first.map(|r| r.1), second.map(|r| r.1)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_change_refreshes_the_statements_of_every_server() {
+    let env = env(PoolMode::Transaction, 2, |c| c.pgferry.auto_prepare = true).await;
+    let direct = table(&env).await;
+    direct
+        .batch_execute("ALTER TABLE ap OWNER TO app")
+        .await
+        .unwrap();
+    let (h, x, y) = (
+        env.connect().await,
+        env.connect().await,
+        env.connect().await,
+    );
+    let text = Run::Text("SELECT *, pg_backend_pid() AS pid FROM ap WHERE id = $1");
+    let by_text = [&h, &x, &x, &y];
+    assert_eq!(on_both(by_text, &text).await, [Ok(5), Ok(5)]);
+    // Changed behind pgferry's back: the first server to run the statement refuses it (an
+    // unnamed statement is not run again); that tells pgferry the schema changed, and the
+    // other server deallocates its statements before its next transaction (before, each
+    // server refused the statement once).
+    direct
+        .batch_execute("ALTER TABLE ap ADD COLUMN extra int DEFAULT 7")
+        .await
+        .unwrap();
+    let [refused, fresh] = on_both(by_text, &text).await;
+    assert_eq!(refused, Err("0A000".to_owned()));
+    assert_eq!(fresh, Ok(6));
+    assert_eq!(on_both(by_text, &text).await, [Ok(6), Ok(6)]);
+    // A statement `y` prepared, on both servers.
+    let q = "SELECT *, pg_backend_pid() AS pid FROM ap WHERE id = $1";
+    let st = y.prepare(q).await.unwrap();
+    let named = Run::Named(&st);
+    let by_y = [&h, &y, &x, &y];
+    assert_eq!(on_both(by_y, &named).await, [Ok(6), Ok(6)]);
+    // Changed through pgferry (here in a transaction block): no server runs a statement
+    // prepared for the old columns for a client that sends the text, and no such client sees
+    // an error.
+    x.batch_execute("BEGIN; ALTER TABLE ap ADD COLUMN later int DEFAULT 9; COMMIT")
+        .await
+        .unwrap();
+    assert_eq!(on_both(by_text, &text).await, [Ok(7), Ok(7)]);
+    // A client's own named statement is refused, as on a direct connection: its driver
+    // learns the columns changed (it would otherwise read rows of seven columns with the
+    // description of six).
+    let stale = Err("0A000".to_owned());
+    assert_eq!(on_both(by_y, &named).await, [stale.clone(), stale]);
+    let st = y.prepare(q).await.unwrap();
+    assert_eq!(on_both(by_y, &Run::Named(&st)).await, [Ok(7), Ok(7)]);
+}
