@@ -1784,6 +1784,9 @@ impl Session<'_> {
             u32::try_from(self.stmts.len()).unwrap_or(u32::MAX),
             Ordering::Relaxed,
         );
+        if let Some(c) = self.server.as_ref() {
+            c.conn_ref().publish_statement_count();
+        }
     }
 
     /// Adds the counters gathered since the last time to the pool's totals.

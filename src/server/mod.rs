@@ -338,6 +338,14 @@ impl ServerConn {
             || (self.info.statements_outdated.load(Ordering::Relaxed) && self.prepared.has_resent())
     }
 
+    /// Shows the number of statements prepared here in SHOW SERVERS.
+    pub fn publish_statement_count(&self) {
+        let n = self.prepared.len();
+        if self.info.prepared_statements.load(Ordering::Relaxed) != n {
+            self.info.prepared_statements.store(n, Ordering::Relaxed);
+        }
+    }
+
     /// A statement is about to be prepared here: if no statement that a schema change could
     /// have outdated is left, the mark is cleared (what is prepared from now on is current).
     pub fn statements_fresh(&self) {
@@ -359,6 +367,7 @@ impl ServerConn {
                 return false;
             }
             self.prepared.clear();
+            self.publish_statement_count();
             return true;
         }
         if !outdated {
@@ -368,6 +377,7 @@ impl ServerConn {
         if ids.is_empty() {
             return true;
         }
+        self.publish_statement_count();
         let sql: Vec<String> = ids
             .iter()
             .map(|id| {

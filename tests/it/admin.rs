@@ -142,6 +142,30 @@ async fn show_columns_match_pgbouncer_and_console_rules() {
     app.simple_query("SELECT 1").await.unwrap();
 }
 
+/// SHOW CLIENTS and SHOW SERVERS count the prepared statements of each side in transaction
+/// mode: the client's names, and the statements pgferry prepared on the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statements_are_counted_on_both_sides() {
+    let env = env(PoolMode::Transaction, 1, with_admin).await;
+    let app = env.connect().await;
+    let c = admin(&env).await;
+    let count = |rows: Vec<std::collections::HashMap<String, String>>| -> Vec<String> {
+        rows.iter()
+            .filter(|r| r["database"] == "shop")
+            .map(|r| r["prepared_statements"].clone())
+            .collect()
+    };
+    let a = app.prepare("SELECT $1::int + 1").await.unwrap();
+    let b = app.prepare("SELECT $1::text || 'x'").await.unwrap();
+    app.query_one(&a, &[&1i32]).await.unwrap();
+    app.query_one(&b, &[&"y"]).await.unwrap();
+    assert_eq!(count(records(&c, "SHOW CLIENTS").await), ["2"]);
+    assert_eq!(count(records(&c, "SHOW SERVERS").await), ["2"]);
+    app.batch_execute("DEALLOCATE ALL").await.unwrap();
+    assert_eq!(count(records(&c, "SHOW CLIENTS").await), ["0"]);
+    assert_eq!(count(records(&c, "SHOW SERVERS").await), ["0"]);
+}
+
 async fn totals_row(c: &Client, db: &str) -> std::collections::HashMap<String, String> {
     records(c, "SHOW STATS_TOTALS")
         .await
