@@ -21,7 +21,7 @@ use crate::pool::{Checkout, Pool, PoolError};
 use crate::protocol::build::{self, Severity};
 use crate::protocol::views::{self, BindView, ParseView, TargetView};
 use crate::protocol::{tag, FrameRef};
-use crate::server::prepared::server_name;
+use crate::server::prepared::{server_name, Held};
 use crate::server::ServerError;
 use crate::sql::{text_hash, Analysis};
 use bytes::{Bytes, BytesMut};
@@ -80,13 +80,17 @@ impl Pending {
     }
 }
 
-/// A refused auto-prepared execution waiting to run again as text (see `Session::retry`).
+/// A refused execution waiting to run again (see `Session::retry`).
 #[derive(Debug)]
 struct Retry {
     /// The error as the client would see it, sent only if the query cannot run again.
     error: Bytes,
-    /// Its timing for query insight, carried over to the run as text.
+    /// Its timing for query insight, carried over to the run that replaces it.
     stat: Option<Stat>,
+    /// `None`: an auto-prepared simple query, run again as text. `Some(describe)`: a client's
+    /// unnamed Parse (answered by pgferry), Bind, Describe if `describe`, Execute and Sync,
+    /// sent again after preparing the statement anew (`ServerConn::replay`).
+    batch: Option<bool>,
 }
 
 /// Bookkeeping to revert when a locally answered message turns out to be skipped.
@@ -841,6 +845,7 @@ impl Session<'_> {
             }
             return Ok(Flow::Continue);
         }
+        let kept_from = self.replay_from(t);
         match t {
             tag::QUERY => {
                 self.tally.queries += 1;
@@ -922,7 +927,40 @@ impl Session<'_> {
                 return Ok(Flow::Exit);
             }
         }
+        if let Some(from) = kept_from {
+            self.keep_for_replay(from, t);
+        }
         Ok(Flow::Continue)
+    }
+
+    /// While a client's batch is kept for a replay (see `ServerConn::replay`): where the
+    /// server's output stands before message `t` is handled, if `t` is one of the Bind,
+    /// Describe, Execute and Sync kept. Any other message ends the keeping: the batch is not
+    /// the plain Parse, Bind, Execute, Sync that can safely run again.
+    fn replay_from(&mut self, t: u8) -> Option<usize> {
+        let sc = self.server.as_mut()?.conn();
+        sc.replay_of.as_ref()?;
+        if !sc.replay_done && matches!(t, tag::BIND | tag::DESCRIBE | tag::EXECUTE | tag::SYNC) {
+            return Some(sc.conn.pending_out());
+        }
+        sc.replay_of = None;
+        None
+    }
+
+    /// Keeps what handling message `t` queued for the server since `from` (at most
+    /// [`MAX_REPLAY`] bytes in all, or nothing is kept).
+    fn keep_for_replay(&mut self, from: usize, t: u8) {
+        let Some(c) = self.server.as_mut() else {
+            return;
+        };
+        let sc = c.conn();
+        match sc.conn.queued().get(from..) {
+            Some(b) if sc.replay_of.is_some() && sc.replay.len() + b.len() <= MAX_REPLAY => {
+                sc.replay.extend_from_slice(b);
+                sc.replay_done = t == tag::SYNC;
+            }
+            _ => sc.replay_of = None,
+        }
     }
 
     async fn on_parse(&mut self, f: FrameRef<'_>) -> Result<(), ClientError> {
@@ -977,8 +1015,17 @@ impl Session<'_> {
         if !kept {
             self.stmts.insert(p.name, stmt.clone());
         }
+        let batch_starts = self.pending.is_empty() && self.tx == b'I';
         let c = self.server_conn();
-        if c.prepared.touch(stmt.id) {
+        let held = c.prepared.touch(stmt.id);
+        if held == Held::Ready {
+            if unnamed && batch_starts {
+                // What follows up to the Sync is kept, to be sent again should the server
+                // refuse the statement because a table changed under it.
+                c.replay.clear();
+                c.replay_of = Some((stmt.id, stmt.parse.clone()));
+                c.replay_done = false;
+            }
             let reply = Bytes::from_static(build::PARSE_COMPLETE);
             match kept {
                 true => self.local(reply),
@@ -986,20 +1033,32 @@ impl Session<'_> {
             }
         } else {
             let name = (!kept).then(|| p.name.into());
-            self.register_on_server(&stmt, false, name);
+            self.register_on_server(&stmt, held, false, name);
         }
         self.unsynced = true;
         Ok(())
     }
 
     /// Queues the statement's Parse on the current server (closing the least recently used
-    /// statement first if the server is at max_prepared_statements).
-    fn register_on_server(&mut self, stmt: &Stmt, hidden: bool, name: Option<Box<[u8]>>) {
+    /// statement first if the server is at max_prepared_statements, and the statement itself
+    /// if the server has it and it may be stale: `held`, from
+    /// [`crate::server::prepared::Registry::touch`]).
+    fn register_on_server(
+        &mut self,
+        stmt: &Stmt,
+        held: Held,
+        hidden: bool,
+        name: Option<Box<[u8]>>,
+    ) {
         let Some(c) = self.server.as_mut() else {
             return;
         };
         let sc = c.conn();
         sc.statements_fresh();
+        if held == Held::Stale {
+            views::put_target(sc.conn.out(), tag::CLOSE, b'S', stmt.server_name());
+            self.pending.push_back(Pending::Close { hidden: true });
+        }
         if let Some(evicted) = sc.prepared.insert(stmt.id) {
             views::put_target(sc.conn.out(), tag::CLOSE, b'S', &server_name(evicted));
             self.pending.push_back(Pending::Close { hidden: true });
@@ -1015,8 +1074,9 @@ impl Session<'_> {
 
     /// Makes sure the current server has the statement, preparing it invisibly if not.
     fn ensure_prepared(&mut self, stmt: &Stmt) {
-        if !self.server_conn().prepared.touch(stmt.id) {
-            self.register_on_server(stmt, true, None);
+        let held = self.server_conn().prepared.touch(stmt.id);
+        if held != Held::Ready {
+            self.register_on_server(stmt, held, true, None);
         }
     }
 
@@ -1153,9 +1213,9 @@ impl Session<'_> {
         self.ensure_prepared(&a.stmt);
         let sc = self.server_conn();
         a.put_execution(sc.conn.out(), text);
-        sc.auto_text.clear();
-        sc.auto_text.extend_from_slice(text);
-        sc.auto_text.push(0);
+        sc.replay.clear();
+        sc.replay.extend_from_slice(text);
+        sc.replay.push(0);
         self.expect(Pending::Bind { hidden: true });
         self.expect(Pending::Describe { hidden: true });
         let copy_ends = self.copy_ends;
@@ -1484,8 +1544,10 @@ impl Session<'_> {
                 if let Some(Pending::Query { stat: Some(st) }) = self.pending.front_mut() {
                     st.error = true;
                 }
-                // The timing of a refused execution that may yet run again as text.
+                // The timing of a refused execution that may yet run again.
                 let mut refused = None;
+                // What the server skipped: (Binds, Describes, Executes, anything else).
+                let mut skipped = (0, 0, 0, 0);
                 if !matches!(self.pending.front(), Some(Pending::Query { .. }) | None) {
                     while let Some(p) = self.pending.front() {
                         if p.ends_at_ready() {
@@ -1493,9 +1555,18 @@ impl Session<'_> {
                         }
                         match self.pending.pop_front() {
                             Some(Pending::Execute { stat, .. }) if stale && refused.is_none() => {
+                                skipped.2 += 1;
                                 refused = stat;
                             }
-                            Some(p) => self.undo(p),
+                            Some(p) => {
+                                match p {
+                                    Pending::Bind { hidden: false } => skipped.0 += 1,
+                                    Pending::Describe { hidden: false } => skipped.1 += 1,
+                                    Pending::Execute { .. } => skipped.2 += 1,
+                                    _ => skipped.3 += 1,
+                                }
+                                self.undo(p);
+                            }
                             None => {}
                         }
                     }
@@ -1514,13 +1585,23 @@ impl Session<'_> {
                         self.pending.front(),
                         Some(Pending::Sync { auto: Some(_), .. })
                     );
-                if stale && auto_alone && self.tx == b'I' {
+                // A client's unnamed Parse that pgferry answered, then Bind, Execute (and a
+                // Describe) up to the Sync, nothing after it, no transaction open: kept, and
+                // it can run again once the statement is prepared anew.
+                let batch_alone = self.pending.len() == 1
+                    && matches!(self.pending.front(), Some(Pending::Sync { auto: None, .. }))
+                    && matches!(skipped, (1, 0 | 1, 1, 0))
+                    && self.server.as_ref().is_some_and(|c| {
+                        c.conn_ref().replay_done && c.conn_ref().replay_of.is_some()
+                    });
+                if stale && (auto_alone || batch_alone) && self.tx == b'I' {
                     let error = match moved {
                         Some(e) => e.freeze(),
                         None => Bytes::copy_from_slice(f.raw()),
                     };
                     let stat = refused;
-                    self.retry = Some(Box::new(Retry { error, stat }));
+                    let batch = batch_alone.then_some(skipped.1 == 1);
+                    self.retry = Some(Box::new(Retry { error, stat, batch }));
                     return Ok(());
                 }
                 if let Some(st) = refused {
@@ -1619,23 +1700,39 @@ impl Session<'_> {
             return self.desync("malformed ReadyForQuery").await;
         };
         let retry = self.retry.take();
-        let ended_auto = match self.pending.pop_front() {
+        // Some(whether auto-prepared) when a Sync ended.
+        let ended_sync = match self.pending.pop_front() {
             Some(Pending::Query { stat: Some(st) }) => {
                 self.complete(st);
-                false
+                None
             }
-            Some(Pending::Sync { auto, .. }) => auto.is_some(),
-            Some(p) if p.ends_at_ready() => false,
+            Some(Pending::Sync { auto, .. }) => Some(auto.is_some()),
+            Some(p) if p.ends_at_ready() => None,
             _ => return self.desync("ReadyForQuery").await,
         };
         if let Some(retry) = retry {
-            let Retry { error, stat } = *retry;
-            if ended_auto && status == b'I' && self.pending.is_empty() {
+            let Retry { error, stat, batch } = *retry;
+            // The kept batch is gone if the client sent anything after it (a Flush).
+            let kept = batch.is_none()
+                || self
+                    .server
+                    .as_ref()
+                    .is_some_and(|c| c.conn_ref().replay_of.is_some());
+            if kept
+                && ended_sync == Some(batch.is_none())
+                && status == b'I'
+                && self.pending.is_empty()
+            {
                 self.tx = status;
                 self.errored = false;
-                let sc = self.server_conn();
-                build::tagged(sc.conn.out(), tag::QUERY, &sc.auto_text);
-                self.expect(Pending::Query { stat });
+                match batch {
+                    None => {
+                        let sc = self.server_conn();
+                        build::tagged(sc.conn.out(), tag::QUERY, &sc.replay);
+                        self.expect(Pending::Query { stat });
+                    }
+                    Some(describe) => self.replay_batch(describe, stat),
+                }
                 return Ok(());
             }
             // The client sent more meanwhile: the retry would run after it.
@@ -1680,6 +1777,36 @@ impl Session<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Sends the kept Bind … Sync again (see `ServerConn::replay`), after closing the stale
+    /// statement and preparing it anew, both unseen by the client (which has its
+    /// ParseComplete already).
+    fn replay_batch(&mut self, describe: bool, stat: Option<Stat>) {
+        let sc = self.server_conn();
+        let Some((id, parse)) = sc.replay_of.take() else {
+            return;
+        };
+        views::put_target(sc.conn.out(), tag::CLOSE, b'S', &server_name(id));
+        sc.conn.queue(&parse);
+        sc.conn.queue(&sc.replay);
+        self.tally.server_parses += 1;
+        self.expect(Pending::Close { hidden: true });
+        self.expect(Pending::Parse {
+            hidden: true,
+            id: None,
+            name: None,
+        });
+        self.expect(Pending::Bind { hidden: false });
+        if describe {
+            self.expect(Pending::Describe { hidden: false });
+        }
+        let copy_ends = self.copy_ends;
+        self.expect(Pending::Execute { copy_ends, stat });
+        self.expect(Pending::Sync {
+            copy_ends,
+            auto: None,
+        });
     }
 
     /// The statement's analysis (memoized by text) and the hash of its text, when insight is on.
@@ -2029,6 +2156,9 @@ impl Session<'_> {
 }
 
 /// Message types a client may send after login.
+/// The most of a client's Bind … Sync kept for a replay (larger batches are not run again).
+const MAX_REPLAY: usize = 8 * 1024;
+
 const FRONTEND_TAGS: &[u8] = &[
     tag::QUERY,
     tag::PARSE,

@@ -223,6 +223,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.wbuf.len()
     }
 
+    /// What is queued and not yet written.
+    pub fn queued(&self) -> &[u8] {
+        &self.wbuf
+    }
+
     /// Writes everything queued.
     pub async fn flush(&mut self) -> io::Result<()> {
         while self.wbuf.has_remaining() {

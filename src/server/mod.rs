@@ -204,10 +204,15 @@ pub struct ServerConn {
     in_sync_with: Option<ParamSet>,
     /// pgferry-named prepared statements on this connection.
     pub prepared: prepared::Registry,
-    /// The Query body (text and NUL) of the last simple query sent here as an execution of
-    /// its auto-prepared statement: run again as text if the server refuses the statement
-    /// because a table changed under it (`auto_prepare`).
-    pub auto_text: Vec<u8>,
+    /// What to send again if the server refuses a statement because a table changed under
+    /// it: the Query body (text and NUL) of the last simple query sent here as an execution
+    /// of its auto-prepared statement (`auto_prepare`), or the Bind … Sync that followed a
+    /// client's unnamed Parse that pgferry answered (see `replay_of`).
+    pub replay: Vec<u8>,
+    /// While `replay` holds a client's Bind … Sync: the statement's id and Parse message
+    /// (prepared again before the batch is sent again), and whether the Sync was seen.
+    pub replay_of: Option<(u64, Bytes)>,
+    pub replay_done: bool,
     pub created: Tick,
     pub last_used: Tick,
     /// The database generation it was opened under (RECONNECT bumps it).
@@ -246,7 +251,9 @@ impl ServerConn {
             unreported: HashMap::new(),
             in_sync_with: None,
             prepared: prepared::Registry::new(max_prepared),
-            auto_text: Vec::new(),
+            replay: Vec::new(),
+            replay_of: None,
+            replay_done: false,
             created: now,
             last_used: now,
         }

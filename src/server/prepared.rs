@@ -15,6 +15,9 @@ pub struct Registry {
     /// The server reported a statement whose result columns changed (DDL): every statement
     /// here must be deallocated before the connection serves another client.
     stale: bool,
+    /// Statements last used at or before this tick, when `stale`, may be stale themselves:
+    /// until the connection is released, one used again is closed and prepared anew.
+    stale_mark: u64,
 }
 
 impl Registry {
@@ -24,18 +27,25 @@ impl Registry {
             tick: 0,
             cap: cap.max(1),
             stale: false,
+            stale_mark: 0,
         }
     }
 
-    /// True if the statement exists on the server; marks it as recently used.
-    pub fn touch(&mut self, id: u64) -> bool {
+    /// Whether the server has the statement ready for use; marks it as recently used. One
+    /// that may be stale ([`Registry::mark_stale`]) is forgotten here: the caller closes it on
+    /// the server and prepares it anew.
+    pub fn touch(&mut self, id: u64) -> Held {
         self.tick += 1;
         match self.entries.get_mut(&id) {
+            Some(t) if self.stale && *t <= self.stale_mark => {
+                self.entries.remove(&id);
+                Held::Stale
+            }
             Some(t) => {
                 *t = self.tick;
-                true
+                Held::Ready
             }
-            None => false,
+            None => Held::Missing,
         }
     }
 
@@ -66,10 +76,12 @@ impl Registry {
     pub fn clear(&mut self) {
         self.entries.clear();
         self.stale = false;
+        self.stale_mark = 0;
     }
 
     pub fn mark_stale(&mut self) {
         self.stale = true;
+        self.stale_mark = self.tick;
     }
 
     pub fn is_stale(&self) -> bool {
@@ -104,6 +116,15 @@ impl Registry {
     }
 }
 
+/// What [`Registry::touch`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    Ready,
+    Missing,
+    /// On the server, but a table may have changed under it: close it, prepare it again.
+    Stale,
+}
+
 /// Set in the id of a statement whose client sends its text with every use (an unnamed
 /// statement, `auto_prepare`): preparing it again from the current definition gives the
 /// client what it would get without pgferry. Clear for a client's named statement.
@@ -124,13 +145,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn after_a_stale_plan_statements_used_before_are_prepared_again_once() {
+        let mut r = Registry::new(8);
+        r.insert(1);
+        r.insert(2);
+        r.mark_stale();
+        r.insert(3); // prepared after the refusal: current
+        assert_eq!(r.touch(3), Held::Ready);
+        assert_eq!(r.touch(1), Held::Stale);
+        assert_eq!(r.touch(1), Held::Missing);
+        r.insert(1);
+        assert_eq!(r.touch(1), Held::Ready);
+        assert_eq!(r.touch(2), Held::Stale);
+        r.clear();
+        assert!(!r.is_stale());
+    }
+
+    #[test]
     fn evicts_least_recently_used() {
         let mut r = Registry::new(2);
         assert_eq!(r.insert(1), None);
         assert_eq!(r.insert(2), None);
-        assert!(r.touch(1));
+        assert_eq!(r.touch(1), Held::Ready);
         assert_eq!(r.insert(3), Some(2));
-        assert!(r.touch(1) && r.touch(3) && !r.touch(2));
+        assert_eq!(
+            [r.touch(1), r.touch(3), r.touch(2)],
+            [Held::Ready, Held::Ready, Held::Missing]
+        );
     }
 
     #[test]

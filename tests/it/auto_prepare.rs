@@ -387,15 +387,21 @@ async fn a_changed_table_runs_the_query_again_or_errs_once_in_a_transaction() {
 /// Bind, Execute: what most drivers send), or a named statement it prepared earlier.
 enum Run<'a> {
     Text(&'a str),
+    /// The text, inside a transaction block (rolled back).
+    TextInTx(&'a str),
     Named(&'a tokio_postgres::Statement),
 }
 
 /// What `c` gets for `run`: the server's pid and the column count, or the SQLSTATE.
 async fn run_on(c: &Client, run: &Run<'_>) -> Result<(i32, usize), String> {
+    let id = tokio_postgres::types::Type::INT8;
     let rows = match run {
-        Run::Text(q) => {
-            c.query_typed(q, &[(&2i64, tokio_postgres::types::Type::INT8)])
-                .await
+        Run::Text(q) => c.query_typed(q, &[(&2i64, id)]).await,
+        Run::TextInTx(q) => {
+            c.batch_execute("BEGIN").await.unwrap();
+            let rows = c.query_typed(q, &[(&2i64, id)]).await;
+            c.batch_execute("ROLLBACK").await.unwrap();
+            rows
         }
         Run::Named(st) => c.query(*st, &[&2i64]).await,
     };
@@ -436,36 +442,45 @@ async fn a_schema_change_refreshes_the_statements_of_every_server() {
     let text = Run::Text("SELECT *, pg_backend_pid() AS pid FROM ap WHERE id = $1");
     let by_text = [&h, &x, &x, &y];
     assert_eq!(on_both(by_text, &text).await, [Ok(5), Ok(5)]);
-    // Changed behind pgferry's back: the first server to run the statement refuses it (an
-    // unnamed statement is not run again); that tells pgferry the schema changed, and the
-    // other server deallocates its statements before its next transaction (before, each
-    // server refused the statement once).
+    // Changed behind pgferry's back: the first server to run the statement refuses it; the
+    // refused attempt did nothing, so pgferry prepares the statement anew and sends the
+    // client's Bind, Describe, Execute and Sync again (the client saw the error before).
     direct
         .batch_execute("ALTER TABLE ap ADD COLUMN extra int DEFAULT 7")
         .await
         .unwrap();
-    let [refused, fresh] = on_both(by_text, &text).await;
-    assert_eq!(refused, Err("0A000".to_owned()));
-    assert_eq!(fresh, Ok(6));
     assert_eq!(on_both(by_text, &text).await, [Ok(6), Ok(6)]);
+    assert_eq!(on_both(by_text, &text).await, [Ok(6), Ok(6)]);
+    // In a transaction block the refusal stands (it aborted the transaction), but it tells
+    // pgferry the schema changed: the other server deallocates its statements before its
+    // next transaction (before, each server refused the statement once).
+    direct
+        .batch_execute("ALTER TABLE ap ADD COLUMN again int DEFAULT 8")
+        .await
+        .unwrap();
+    let in_tx = Run::TextInTx("SELECT *, pg_backend_pid() AS pid FROM ap WHERE id = $1");
+    let [refused, fresh] = on_both(by_text, &in_tx).await;
+    assert_eq!(refused, Err("0A000".to_owned()));
+    assert_eq!(fresh, Ok(7));
+    assert_eq!(on_both(by_text, &text).await, [Ok(7), Ok(7)]);
     // A statement `y` prepared, on both servers.
     let q = "SELECT *, pg_backend_pid() AS pid FROM ap WHERE id = $1";
     let st = y.prepare(q).await.unwrap();
     let named = Run::Named(&st);
     let by_y = [&h, &y, &x, &y];
-    assert_eq!(on_both(by_y, &named).await, [Ok(6), Ok(6)]);
+    assert_eq!(on_both(by_y, &named).await, [Ok(7), Ok(7)]);
     // Changed through pgferry (here in a transaction block): no server runs a statement
     // prepared for the old columns for a client that sends the text, and no such client sees
     // an error.
     x.batch_execute("BEGIN; ALTER TABLE ap ADD COLUMN later int DEFAULT 9; COMMIT")
         .await
         .unwrap();
-    assert_eq!(on_both(by_text, &text).await, [Ok(7), Ok(7)]);
+    assert_eq!(on_both(by_text, &text).await, [Ok(8), Ok(8)]);
     // A client's own named statement is refused, as on a direct connection: its driver
     // learns the columns changed (it would otherwise read rows of seven columns with the
     // description of six).
     let stale = Err("0A000".to_owned());
     assert_eq!(on_both(by_y, &named).await, [stale.clone(), stale]);
     let st = y.prepare(q).await.unwrap();
-    assert_eq!(on_both(by_y, &Run::Named(&st)).await, [Ok(7), Ok(7)]);
+    assert_eq!(on_both(by_y, &Run::Named(&st)).await, [Ok(8), Ok(8)]);
 }
