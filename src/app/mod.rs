@@ -248,8 +248,9 @@ impl App {
         auth::secret_for_scram(secret)
     }
 
-    /// A schema change in logical database `db`: the statements prepared on its servers (by
-    /// every user's pool) are deallocated before those serve another transaction.
+    /// A schema change in logical database `db`: on its servers (of every user's pool), the
+    /// statements whose clients send the text with every use are deallocated before the
+    /// server serves another transaction (see `ServerConn::statements_stale`).
     pub fn schema_changed(&self, db: &str) {
         for p in self.pools.iter() {
             if p.database == db {

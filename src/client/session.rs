@@ -208,8 +208,9 @@ struct Session<'a> {
     /// before the server is given back.
     search_path_dirty: bool,
     /// The client changed the schema (ALTER TABLE, CREATE OR REPLACE VIEW, …): when its
-    /// transaction ends, every server of the database deallocates its prepared statements
-    /// before it serves another transaction, so none runs a plan for the old columns.
+    /// transaction ends, every server of the database deallocates the statements whose
+    /// clients send the text with every use before it serves another transaction, so none
+    /// runs a plan for the old columns (see `App::schema_changed`).
     schema_changed: bool,
     cancel: Arc<CancelSlot>,
     info: Arc<ClientInfo>,
@@ -1050,26 +1051,34 @@ impl Session<'_> {
         hidden: bool,
         name: Option<Box<[u8]>>,
     ) {
-        let Some(c) = self.server.as_mut() else {
+        if self.server.is_none() {
             return;
-        };
-        let sc = c.conn();
-        sc.statements_fresh();
+        }
+        self.server_conn().statements_fresh();
         if held == Held::Stale {
-            views::put_target(sc.conn.out(), tag::CLOSE, b'S', stmt.server_name());
-            self.pending.push_back(Pending::Close { hidden: true });
+            self.close_hidden(stmt.id);
         }
-        if let Some(evicted) = sc.prepared.insert(stmt.id) {
-            views::put_target(sc.conn.out(), tag::CLOSE, b'S', &server_name(evicted));
-            self.pending.push_back(Pending::Close { hidden: true });
+        if let Some(evicted) = self.server_conn().prepared.insert(stmt.id) {
+            self.close_hidden(evicted);
         }
-        sc.conn.queue(&stmt.parse);
+        self.server_conn().conn.queue(&stmt.parse);
         self.tally.server_parses += 1;
         self.pending.push_back(Pending::Parse {
             hidden,
             id: Some(stmt.id),
             name,
         });
+    }
+
+    /// Queues a Close of the server's statement `id`; the client never sees its CloseComplete.
+    fn close_hidden(&mut self, id: u64) {
+        views::put_target(
+            self.server_conn().conn.out(),
+            tag::CLOSE,
+            b'S',
+            &server_name(id),
+        );
+        self.pending.push_back(Pending::Close { hidden: true });
     }
 
     /// Makes sure the current server has the statement, preparing it invisibly if not.
@@ -1783,15 +1792,14 @@ impl Session<'_> {
     /// statement and preparing it anew, both unseen by the client (which has its
     /// ParseComplete already).
     fn replay_batch(&mut self, describe: bool, stat: Option<Stat>) {
-        let sc = self.server_conn();
-        let Some((id, parse)) = sc.replay_of.take() else {
+        let Some((id, parse)) = self.server_conn().replay_of.take() else {
             return;
         };
-        views::put_target(sc.conn.out(), tag::CLOSE, b'S', &server_name(id));
+        self.close_hidden(id);
+        let sc = self.server_conn();
         sc.conn.queue(&parse);
         sc.conn.queue(&sc.replay);
         self.tally.server_parses += 1;
-        self.expect(Pending::Close { hidden: true });
         self.expect(Pending::Parse {
             hidden: true,
             id: None,

@@ -341,7 +341,8 @@ impl Pool {
     }
 
     /// The schema of the database may have changed under the statements prepared on this
-    /// pool's connections: each deallocates them before it serves another transaction.
+    /// pool's connections: each deallocates those of them that a client would prepare again
+    /// (`ServerConn::statements_stale`) before it serves another transaction.
     pub fn statements_changed(&self) {
         for s in self.servers.iter() {
             s.statements_outdated.store(true, Ordering::Relaxed);

@@ -439,7 +439,8 @@ async fn a_schema_change_refreshes_the_statements_of_every_server() {
         env.connect().await,
         env.connect().await,
     );
-    let text = Run::Text("SELECT *, pg_backend_pid() AS pid FROM ap WHERE id = $1");
+    let q = "SELECT *, pg_backend_pid() AS pid FROM ap WHERE id = $1";
+    let text = Run::Text(q);
     let by_text = [&h, &x, &x, &y];
     assert_eq!(on_both(by_text, &text).await, [Ok(5), Ok(5)]);
     // Changed behind pgferry's back: the first server to run the statement refuses it; the
@@ -458,13 +459,11 @@ async fn a_schema_change_refreshes_the_statements_of_every_server() {
         .batch_execute("ALTER TABLE ap ADD COLUMN again int DEFAULT 8")
         .await
         .unwrap();
-    let in_tx = Run::TextInTx("SELECT *, pg_backend_pid() AS pid FROM ap WHERE id = $1");
-    let [refused, fresh] = on_both(by_text, &in_tx).await;
+    let [refused, fresh] = on_both(by_text, &Run::TextInTx(q)).await;
     assert_eq!(refused, Err("0A000".to_owned()));
     assert_eq!(fresh, Ok(7));
     assert_eq!(on_both(by_text, &text).await, [Ok(7), Ok(7)]);
     // A statement `y` prepared, on both servers.
-    let q = "SELECT *, pg_backend_pid() AS pid FROM ap WHERE id = $1";
     let st = y.prepare(q).await.unwrap();
     let named = Run::Named(&st);
     let by_y = [&h, &y, &x, &y];
@@ -477,8 +476,8 @@ async fn a_schema_change_refreshes_the_statements_of_every_server() {
         .unwrap();
     assert_eq!(on_both(by_text, &text).await, [Ok(8), Ok(8)]);
     // A client's own named statement is refused, as on a direct connection: its driver
-    // learns the columns changed (it would otherwise read rows of seven columns with the
-    // description of six).
+    // learns the columns changed (it would otherwise read rows of eight columns with the
+    // description of seven).
     let stale = Err("0A000".to_owned());
     assert_eq!(on_both(by_y, &named).await, [stale.clone(), stale]);
     let st = y.prepare(q).await.unwrap();
