@@ -140,8 +140,9 @@ pub struct ServerInfo {
     pub request_time_us: AtomicU64,
     pub prepared_statements: AtomicUsize,
     /// A schema change (DDL through pgferry, or a server refusing a statement whose result
-    /// columns changed) may have made this connection's prepared statements stale: they are
-    /// deallocated before it serves another transaction (see [`ServerConn::statements_stale`]).
+    /// columns changed) may have made this connection's prepared statements stale: those its
+    /// clients send as text with every use are deallocated before it serves another
+    /// transaction (see [`ServerConn::statements_stale`]).
     pub statements_outdated: AtomicBool,
     pub application_name: Mutex<String>,
     /// Protocol and cipher when the connection uses TLS (SHOW SERVERS `tls`).
