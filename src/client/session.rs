@@ -193,10 +193,9 @@ struct Session<'a> {
     /// While the server owes a reply they wait for it and go in the same write, as
     /// PostgreSQL itself sends nothing before the Sync or Flush that follows them.
     own_replies_only: bool,
-    /// An auto-prepared simple query the server refused with 0A000 (a table changed under
-    /// its statement) outside a transaction: it runs again as the client's text after the
-    /// ReadyForQuery that ends the failed attempt (boxed: rare, and kept out of every
-    /// client's size).
+    /// A request the server refused with 0A000 (a table changed under its statement) outside
+    /// a transaction, held back: it runs again after the ReadyForQuery that ends the failed
+    /// attempt (see `Retry`; boxed: rare, and kept out of every client's size).
     retry: Option<Box<Retry>>,
     /// A locally raised error: drop messages until Sync, as PostgreSQL does.
     skipping: bool,
@@ -934,33 +933,18 @@ impl Session<'_> {
         Ok(Flow::Continue)
     }
 
-    /// While a client's batch is kept for a replay (see `ServerConn::replay`): where the
-    /// server's output stands before message `t` is handled, if `t` is one of the Bind,
-    /// Describe, Execute and Sync kept. Any other message ends the keeping: the batch is not
-    /// the plain Parse, Bind, Execute, Sync that can safely run again.
+    /// Where the server's output stands before message `t` is handled, if `t` is to be kept
+    /// for a replay ([`crate::server::replay::Replay::mark`]).
     fn replay_from(&mut self, t: u8) -> Option<usize> {
         let sc = self.server.as_mut()?.conn();
-        sc.replay_of.as_ref()?;
-        if !sc.replay_done && matches!(t, tag::BIND | tag::DESCRIBE | tag::EXECUTE | tag::SYNC) {
-            return Some(sc.conn.pending_out());
-        }
-        sc.replay_of = None;
-        None
+        sc.replay.mark(t, sc.conn.pending_out())
     }
 
-    /// Keeps what handling message `t` queued for the server since `from` (at most
-    /// [`MAX_REPLAY`] bytes in all, or nothing is kept).
+    /// Keeps what handling message `t` queued for the server since `from`.
     fn keep_for_replay(&mut self, from: usize, t: u8) {
-        let Some(c) = self.server.as_mut() else {
-            return;
-        };
-        let sc = c.conn();
-        match sc.conn.queued().get(from..) {
-            Some(b) if sc.replay_of.is_some() && sc.replay.len() + b.len() <= MAX_REPLAY => {
-                sc.replay.extend_from_slice(b);
-                sc.replay_done = t == tag::SYNC;
-            }
-            _ => sc.replay_of = None,
+        if let Some(c) = self.server.as_mut() {
+            let sc = c.conn();
+            sc.replay.keep(sc.conn.queued(), from, t);
         }
     }
 
@@ -1023,9 +1007,7 @@ impl Session<'_> {
             if unnamed && batch_starts {
                 // What follows up to the Sync is kept, to be sent again should the server
                 // refuse the statement because a table changed under it.
-                c.replay.clear();
-                c.replay_of = Some((stmt.id, stmt.parse.clone()));
-                c.replay_done = false;
+                c.replay.start_batch(stmt.id, stmt.parse.clone());
             }
             let reply = Bytes::from_static(build::PARSE_COMPLETE);
             match kept {
@@ -1222,9 +1204,7 @@ impl Session<'_> {
         self.ensure_prepared(&a.stmt);
         let sc = self.server_conn();
         a.put_execution(sc.conn.out(), text);
-        sc.replay.clear();
-        sc.replay.extend_from_slice(text);
-        sc.replay.push(0);
+        sc.replay.keep_text(text);
         self.expect(Pending::Bind { hidden: true });
         self.expect(Pending::Describe { hidden: true });
         let copy_ends = self.copy_ends;
@@ -1600,9 +1580,10 @@ impl Session<'_> {
                 let batch_alone = self.pending.len() == 1
                     && matches!(self.pending.front(), Some(Pending::Sync { auto: None, .. }))
                     && matches!(skipped, (1, 0 | 1, 1, 0))
-                    && self.server.as_ref().is_some_and(|c| {
-                        c.conn_ref().replay_done && c.conn_ref().replay_of.is_some()
-                    });
+                    && self
+                        .server
+                        .as_ref()
+                        .is_some_and(|c| c.conn_ref().replay.batch_complete());
                 if stale && (auto_alone || batch_alone) && self.tx == b'I' {
                     let error = match moved {
                         Some(e) => e.freeze(),
@@ -1726,7 +1707,7 @@ impl Session<'_> {
                 || self
                     .server
                     .as_ref()
-                    .is_some_and(|c| c.conn_ref().replay_of.is_some());
+                    .is_some_and(|c| c.conn_ref().replay.batch_complete());
             if kept
                 && ended_sync == Some(batch.is_none())
                 && status == b'I'
@@ -1737,7 +1718,7 @@ impl Session<'_> {
                 match batch {
                     None => {
                         let sc = self.server_conn();
-                        build::tagged(sc.conn.out(), tag::QUERY, &sc.replay);
+                        build::tagged(sc.conn.out(), tag::QUERY, sc.replay.bytes());
                         self.expect(Pending::Query { stat });
                     }
                     Some(describe) => self.replay_batch(describe, stat),
@@ -1792,13 +1773,13 @@ impl Session<'_> {
     /// statement and preparing it anew, both unseen by the client (which has its
     /// ParseComplete already).
     fn replay_batch(&mut self, describe: bool, stat: Option<Stat>) {
-        let Some((id, parse)) = self.server_conn().replay_of.take() else {
+        let Some((id, parse)) = self.server_conn().replay.take_batch() else {
             return;
         };
         self.close_hidden(id);
         let sc = self.server_conn();
         sc.conn.queue(&parse);
-        sc.conn.queue(&sc.replay);
+        sc.conn.queue(sc.replay.bytes());
         self.tally.server_parses += 1;
         self.expect(Pending::Parse {
             hidden: true,
@@ -2164,9 +2145,6 @@ impl Session<'_> {
 }
 
 /// Message types a client may send after login.
-/// The most of a client's Bind … Sync kept for a replay (larger batches are not run again).
-const MAX_REPLAY: usize = 8 * 1024;
-
 const FRONTEND_TAGS: &[u8] = &[
     tag::QUERY,
     tag::PARSE,

@@ -4,6 +4,7 @@
 
 mod login;
 pub mod prepared;
+pub mod replay;
 
 pub use login::{connect, ServerPassword, ServerTarget};
 
@@ -205,15 +206,8 @@ pub struct ServerConn {
     in_sync_with: Option<ParamSet>,
     /// pgferry-named prepared statements on this connection.
     pub prepared: prepared::Registry,
-    /// What to send again if the server refuses a statement because a table changed under
-    /// it: the Query body (text and NUL) of the last simple query sent here as an execution
-    /// of its auto-prepared statement (`auto_prepare`), or the Bind … Sync that followed a
-    /// client's unnamed Parse that pgferry answered (see `replay_of`).
-    pub replay: Vec<u8>,
-    /// While `replay` holds a client's Bind … Sync: the statement's id and Parse message
-    /// (prepared again before the batch is sent again), and whether the Sync was seen.
-    pub replay_of: Option<(u64, Bytes)>,
-    pub replay_done: bool,
+    /// What to send again if the server refuses a statement because a table changed under it.
+    pub replay: replay::Replay,
     pub created: Tick,
     pub last_used: Tick,
     /// The database generation it was opened under (RECONNECT bumps it).
@@ -252,9 +246,7 @@ impl ServerConn {
             unreported: HashMap::new(),
             in_sync_with: None,
             prepared: prepared::Registry::new(max_prepared),
-            replay: Vec::new(),
-            replay_of: None,
-            replay_done: false,
+            replay: replay::Replay::default(),
             created: now,
             last_used: now,
         }

@@ -99,15 +99,14 @@ impl Registry {
 
     /// Forgets the statements with [`RESENT`] set and returns their ids.
     pub fn remove_resent(&mut self) -> Vec<u64> {
-        let ids: Vec<u64> = self
-            .entries
-            .keys()
-            .copied()
-            .filter(|id| id & RESENT != 0)
-            .collect();
-        for id in &ids {
-            self.entries.remove(id);
-        }
+        let mut ids = Vec::new();
+        self.entries.retain(|&id, _| {
+            let resent = id & RESENT != 0;
+            if resent {
+                ids.push(id);
+            }
+            !resent
+        });
         ids
     }
 
