@@ -4,8 +4,8 @@
 FROM rust:1-bookworm AS builder
 WORKDIR /src
 COPY . .
-RUN cargo build --release --bin pgferry \
-    && install -D -m 0755 target/release/pgferry /out/pgferry
+RUN cargo build --profile dist --bin pgferry \
+    && install -D -m 0755 target/dist/pgferry /out/pgferry
 
 FROM debian:bookworm-slim
 RUN apt-get update \

@@ -6,7 +6,7 @@ One command (run as root, from anywhere):
     python3 benches/load/run.py            # full run, rewrites docs/benchmarks.{md,svg}
     python3 benches/load/run.py --quick --only 'S-simple@20,tpcb'   # smoke run
 
-It builds pgferry (cargo build --release), installs PgBouncer if missing
+It builds pgferry (cargo build --profile dist), installs PgBouncer if missing
 (apt-get), starts a throw-away PostgreSQL in a temporary directory, starts
 PgBouncer and pgferry in transaction mode with the same pool size in front of
 it, runs pgbench against all three interleaved, measures RSS per idle client
@@ -353,6 +353,56 @@ def cpu_ticks(pid: int) -> int | None:
     return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of the line)
 
 
+def tree_cpu_ticks(pid: int) -> tuple[int, int] | None:
+    """CPU of a process and of its children, in clock ticks, and how many children it has: its
+    own user + system time, that of the children it has reaped (cutime, cstime) and that of its
+    live children. The difference over a run counts PostgreSQL's backends, also those that
+    ended meanwhile (direct runs; see `settled_tree_cpu_ticks`)."""
+    def parse(stat: str) -> list[str]:
+        return stat[stat.rindex(")") + 2:].split()
+    try:
+        own = parse(Path(f"/proc/{pid}/stat").read_text())
+    except OSError:
+        return None
+    total = sum(int(x) for x in own[11:15])  # utime, stime, cutime, cstime
+    children = 0
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            f = parse((d / "stat").read_text())
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+        if f[1] == str(pid):
+            children += 1  # a zombie too: its CPU reaches cutime once reaped
+            if f[0] != "Z":
+                total += int(f[11]) + int(f[12])
+    return total, children
+
+
+def settled_tree_cpu_ticks(pid: int, children_before: int | None) -> int | None:
+    """`tree_cpu_ticks` once the backends of a finished run have exited and their CPU has
+    reached cutime: the children are back to `children_before` and the total held still for
+    0.1 s (for a moment an exiting backend is neither listed nor counted); at most 3 s."""
+    deadline = time.monotonic() + 3
+    last = None
+    while True:
+        r = tree_cpu_ticks(pid)
+        if r is None or children_before is None:
+            return r[0] if r else None
+        settled = r[1] <= children_before and last is not None and r[0] == last
+        if settled or time.monotonic() > deadline:
+            return r[0]
+        last = r[0]
+        time.sleep(0.1)
+
+
+def children_cpu_s() -> float:
+    """User + system CPU of the children this script has waited for (pgbench runs), seconds."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def nofile_soft(pid: int) -> str:
     for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
         if line.startswith("Max open files"):
@@ -377,10 +427,10 @@ def raise_nofile(want: int) -> int:
 # --------------------------------------------------------------------------
 
 def build_pgferry() -> None:
-    log("building pgferry: cargo build --release --bin pgferry")
-    r = subprocess.run(["cargo", "build", "--release", "--bin", "pgferry"], cwd=REPO)
+    log("building pgferry: cargo build --profile dist --bin pgferry")
+    r = subprocess.run(["cargo", "build", "--profile", "dist", "--bin", "pgferry"], cwd=REPO)
     if r.returncode != 0:
-        raise BenchError("cargo build --release failed (use --no-build to benchmark an existing binary)")
+        raise BenchError("cargo build --profile dist failed (use --no-build to benchmark an existing binary)")
 
 
 def debian_pgbouncer_pids() -> list[int]:
@@ -705,6 +755,8 @@ def run_pgbench(env: Env, target: str, w: Workload, duration: int, tag: str, ext
                duration=duration, cmd=" ".join(cmd[:-1] + [DB]))
     proc = env.procs.get(target) if target != "direct" else None
     cpu0 = cpu_ticks(proc.pid) if proc else None
+    pg = env.procs["direct"].pid
+    pg0, client0 = tree_cpu_ticks(pg), children_cpu_s()
     t0 = time.monotonic()
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, env=pg_env(), cwd=logdir,
@@ -716,6 +768,8 @@ def run_pgbench(env: Env, target: str, w: Workload, duration: int, tag: str, ext
         rc = -1
     rec["wall_s"] = round(time.monotonic() - t0, 2)
     cpu1 = cpu_ticks(proc.pid) if proc else None
+    pg1 = settled_tree_cpu_ticks(pg, pg0[1] if pg0 else None)
+    client1 = children_cpu_s()
 
     def grab(pat, conv=float):
         m = re.search(pat, out)
@@ -730,8 +784,16 @@ def run_pgbench(env: Env, target: str, w: Workload, duration: int, tag: str, ext
     rec["measured_s"] = (round(rec["processed"] / rec["tps"], 2)
                          if rec["processed"] and rec["tps"] else None)
     # The pooler's own CPU per transaction (logins included), user + system.
-    rec["cpu_us"] = (round((cpu1 - cpu0) * 1e6 / os.sysconf("SC_CLK_TCK") / rec["processed"], 1)
-                     if cpu0 is not None and cpu1 is not None and rec["processed"] else None)
+    def per_tx(ticks0, ticks1):
+        if ticks0 is None or ticks1 is None or not rec["processed"]:
+            return None
+        return round((ticks1 - ticks0) * 1e6 / os.sysconf("SC_CLK_TCK") / rec["processed"], 1)
+    rec["cpu_us"] = per_tx(cpu0, cpu1)
+    # The rest of the machine's CPU per transaction: PostgreSQL (postmaster and backends, also
+    # those that ended during the run) and pgbench itself.
+    rec["pg_cpu_us"] = per_tx(pg0[0] if pg0 else None, pg1)
+    rec["client_cpu_us"] = (round((client1 - client0) * 1e6 / rec["processed"], 1)
+                            if rec["processed"] else None)
     # pgbench 15 prints the mean per-thread connection time; without it use the wall-clock excess
     conn_s = rec["conn_ms"] / 1000.0 if rec["conn_ms"] is not None else None
     if conn_s is None and rc == 0:
@@ -823,7 +885,7 @@ def aggregate(runs: list[dict], workloads: list[Workload], targets: list[str]) -
                         aborted=sum(r["aborted_clients"] for r in rs),
                         errors=sorted({r["error"] for r in rs if r["error"]}))
             src = good if good else []
-            for k in ("tps", "mean_ms", "p99_ms", "cpu_us"):
+            for k in ("tps", "mean_ms", "p99_ms", "cpu_us", "pg_cpu_us", "client_cpu_us"):
                 vals = [r[k] for r in src if r.get(k) is not None]
                 cell[k] = statistics.median(vals) if vals else None
             if not cell["ok"]:
@@ -1083,6 +1145,32 @@ def cpu_markdown(rows, targets) -> str:
     return "\n".join(out)
 
 
+def machine_cpu_markdown(rows, targets) -> str:
+    """Per target: pgbench + PostgreSQL (+ pooler) = total CPU µs per transaction."""
+    hdr = ["workload", "clients"] + [SHORT[t] for t in targets]
+    both = "pgferry" in targets and "pgbouncer" in targets
+    if both:
+        hdr.append("total pgferry / PgBouncer")
+    out = ["| " + " | ".join(hdr) + " |", "|" + "|".join(["---"] + ["--:"] * (len(hdr) - 1)) + "|"]
+    for r in rows:
+        w = r["workload"]
+        cells = [f"`{w.title}`", str(w.clients)]
+        totals = {}
+        for t in targets:
+            c = cell(r, t)
+            keys = ["client_cpu_us", "pg_cpu_us"] + ([] if t == "direct" else ["cpu_us"])
+            parts = [c.get(k) if c and c["ok"] else None for k in keys]
+            if any(v is None for v in parts):
+                cells.append("–")
+                continue
+            totals[t] = sum(parts)
+            cells.append(" + ".join(f"{v:.0f}" for v in parts) + f" = {totals[t]:.0f}")
+        if both:
+            cells.append(fmt_ratio(ratio(totals.get("pgferry"), totals.get("pgbouncer"))))
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def rss_markdown(rss: dict, n: int) -> str:
     out = ["| pooler | idle clients | RSS before | RSS after | RSS per idle client | fd limit (soft) | note |",
            "|---|--:|--:|--:|--:|--:|---|"]
@@ -1241,7 +1329,8 @@ python3 benches/load/run.py --quick --only 'S-simple@20,tpcb'   # smoke run (3 s
 
 What it does, in order:
 
-1. `cargo build --release --bin pgferry` (skip with `--no-build`); installs
+1. `cargo build --profile dist --bin pgferry` (the deployment build: fat LTO, one
+   codegen unit; skip with `--no-build`); installs
    PgBouncer with `apt-get install -y pgbouncer` if it is missing and makes
    sure the Debian package's own `pgbouncer` service is not running.
 2. `initdb` + `postgres` in a temporary directory on a free port, with
@@ -1266,7 +1355,9 @@ What it does, in order:
    each workload the three targets run back to back, with the starting target
    rotated from one workload (and round) to the next, so machine drift hits all
    three alike. Mean and p99 latency come from pgbench's per-transaction log;
-   each pooler's CPU per transaction from its `/proc/PID/stat` before and after.
+   each pooler's CPU per transaction from its `/proc/PID/stat` before and after,
+   PostgreSQL's from the postmaster's (its own, its reaped backends' and its
+   live backends') and pgbench's from its rusage.
    pgbench's `-T` clock includes connecting, and 1,000 direct connections
    (1,000 forked backends) take seconds here, so runs with ≥ 100 clients get
    `-T` extended by the connection time pgbench reported for that target (a
@@ -1291,7 +1382,7 @@ Options (`--help` for all):
 | `--pgferry-set 'KEY = VALUE'` | `workers = 1` | Extra line for pgferry's `[pgferry]` table (repeatable). Without a `workers` line the benchmark adds `workers = 1` (one thread, like PgBouncer); `--pgferry-set 'workers = 0'` runs pgferry's default (a thread per core). The latest run with `--pgferry-set 'auto_prepare = true'` (simple queries and unnamed statements run prepared, [auto-prepare.md](auto-prepare.md)) is in [benchmarks-auto-prepare.md](benchmarks-auto-prepare.md). |
 | `--server-socket` | | Both poolers reach PostgreSQL over its Unix socket (`host` = the socket directory), as a pooler on the database's own host would; clients and direct pgbench still use TCP. The latest such run is in [benchmarks-socket.md](benchmarks-socket.md) (`--md docs/benchmarks-socket.md --svg docs/benchmarks-socket.svg`). |
 | `--md FILE`, `--svg FILE` | `docs/benchmarks.md`, `.svg` | Where the report and plot go. |
-| `--no-build` | | Use the existing `target/release/pgferry` (or `--pgferry-bin`). |
+| `--no-build` | | Use the existing `target/dist/pgferry` (or `--pgferry-bin`). |
 | `--no-docs` | | Print only; do not rewrite `docs/benchmarks.md` / `.svg`. |
 | `--json FILE` | | Also write every run's raw numbers to FILE. |
 | `--report-only FILE` | | Re-render the table, `docs/benchmarks.md` and `.svg` from a `--json` file without running anything. |
@@ -1345,6 +1436,18 @@ def write_report(args, argv, info, rows, targets, rss, target_eval, notes, md_pa
                  "so every µs a pooler spends per transaction is taken from them. "
                  "Ratios above 1 mean pgferry uses more.\n")
         L.append(cpu_markdown(rows, targets))
+        L.append("")
+    measured = any(c.get("pg_cpu_us") is not None for r in rows for c in r["cells"].values())
+    if measured:
+        L.append("### Where the machine's CPU went, per transaction\n")
+        L.append("µs of CPU per transaction: pgbench + PostgreSQL (postmaster and every backend, also "
+                 "those that ended during the run) + the pooler, each from `/proc` (pgbench from its "
+                 "rusage) over the same pgbench run; logins included. With the cores saturated, tps "
+                 "follows the total, so a pooler that makes pgbench or PostgreSQL work harder per "
+                 "transaction (e.g. by delivering replies in smaller batches, so that pgbench polls "
+                 "its 500 sockets per thread more often) costs throughput even if its own column is "
+                 "small. Ratios above 1 mean the machine spent more per transaction behind pgferry.\n")
+        L.append(machine_cpu_markdown(rows, targets))
         L.append("")
     if rss:
         L.append("### Memory per idle client\n")
@@ -1451,7 +1554,7 @@ def main(argv=None) -> int:
         if not args.no_build and not args.pgferry_bin:
             build_pgferry()
         tdir = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
-        pgferry_bin = Path(args.pgferry_bin) if args.pgferry_bin else tdir / "release" / "pgferry"
+        pgferry_bin = Path(args.pgferry_bin) if args.pgferry_bin else tdir / "dist" / "pgferry"
         if not pgferry_bin.exists():
             raise BenchError(f"{pgferry_bin} not found (build it or pass --pgferry-bin)")
     pgbouncer_bin = ensure_pgbouncer(args.pgbouncer_bin) if "pgbouncer" in targets else None
