@@ -343,14 +343,20 @@ def vmrss_kib(pid: int) -> int:
     raise BenchError(f"no VmRSS for pid {pid}")
 
 
-def cpu_ticks(pid: int) -> int | None:
-    """User + system CPU of a process (all its threads) in clock ticks, from /proc/PID/stat."""
+def stat_fields(pid: int | str) -> list[str] | None:
+    """/proc/PID/stat after the command name: [0] state, [1] ppid, … [11] utime, [12] stime,
+    [13] cutime, [14] cstime (fields 3, 4, 14-17 of the line). None if the process is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return stat[stat.rindex(")") + 2:].split()
+    except (OSError, ValueError):
         return None
-    fields = stat[stat.rindex(")") + 2:].split()
-    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of the line)
+
+
+def cpu_ticks(pid: int) -> int | None:
+    """User + system CPU of a process (all its threads) in clock ticks, from /proc/PID/stat."""
+    fields = stat_fields(pid)
+    return int(fields[11]) + int(fields[12]) if fields else None
 
 
 def tree_cpu_ticks(pid: int) -> tuple[int, int] | None:
@@ -358,22 +364,14 @@ def tree_cpu_ticks(pid: int) -> tuple[int, int] | None:
     own user + system time, that of the children it has reaped (cutime, cstime) and that of its
     live children. The difference over a run counts PostgreSQL's backends, also those that
     ended meanwhile (direct runs; see `settled_tree_cpu_ticks`)."""
-    def parse(stat: str) -> list[str]:
-        return stat[stat.rindex(")") + 2:].split()
-    try:
-        own = parse(Path(f"/proc/{pid}/stat").read_text())
-    except OSError:
+    own = stat_fields(pid)
+    if own is None:
         return None
     total = sum(int(x) for x in own[11:15])  # utime, stime, cutime, cstime
     children = 0
     for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            f = parse((d / "stat").read_text())
-        except (OSError, ValueError):
-            continue  # gone meanwhile
-        if f[1] == str(pid):
+        f = stat_fields(d.name) if d.name.isdigit() else None
+        if f and f[1] == str(pid):
             children += 1  # a zombie too: its CPU reaches cutime once reaped
             if f[0] != "Z":
                 total += int(f[11]) + int(f[12])
