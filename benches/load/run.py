@@ -1100,13 +1100,19 @@ def md_escape(s: str) -> str:
     return s.replace("|", "\\|")
 
 
+def md_head(hdr: list[str], aligns: list[str] | None = None) -> list[str]:
+    """A markdown table's header and alignment lines (default: first column left, the rest
+    right)."""
+    aligns = aligns or ["---"] + ["--:"] * (len(hdr) - 1)
+    return ["| " + " | ".join(hdr) + " |", "|" + "|".join(aligns) + "|"]
+
+
 def markdown_table(rows, targets) -> str:
     hdr = ["workload", "clients"] + [f"{SHORT[t]} tps" for t in targets]
     hdr += ["pgferry / direct", "pgferry / PgBouncer", "PgBouncer / direct"]
     tl = " / ".join(SHORT[t] for t in targets)
     hdr += [f"mean latency ms ({tl})", f"p99 latency ms ({tl})", "failures"]
-    out = ["| " + " | ".join(hdr) + " |",
-           "|" + "|".join(["---", "--:"] + ["--:"] * (len(hdr) - 3) + ["---"]) + "|"]
+    out = md_head(hdr, ["---", "--:"] + ["--:"] * (len(hdr) - 3) + ["---"])
     for r in rows:
         w = r["workload"]
         cells = [f"`{w.title}`", str(w.clients)] + [fmt_tps(cell(r, t)) for t in targets]
@@ -1129,7 +1135,7 @@ def cpu_markdown(rows, targets) -> str:
     hdr = ["workload", "clients"] + [f"{SHORT[t]} µs/tx" for t in poolers]
     if len(poolers) == 2:
         hdr.append("pgferry / PgBouncer")
-    out = ["| " + " | ".join(hdr) + " |", "|" + "|".join(["---"] + ["--:"] * (len(hdr) - 1)) + "|"]
+    out = md_head(hdr)
     for r in rows:
         w = r["workload"]
         vals = []
@@ -1149,7 +1155,7 @@ def machine_cpu_markdown(rows, targets) -> str:
     both = "pgferry" in targets and "pgbouncer" in targets
     if both:
         hdr.append("total pgferry / PgBouncer")
-    out = ["| " + " | ".join(hdr) + " |", "|" + "|".join(["---"] + ["--:"] * (len(hdr) - 1)) + "|"]
+    out = md_head(hdr)
     for r in rows:
         w = r["workload"]
         cells = [f"`{w.title}`", str(w.clients)]
