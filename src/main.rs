@@ -7,9 +7,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// mimalloc: size-segregated pages that are returned to the OS once empty, so the memory of
-/// clients that left or were parked goes back (glibc's heap keeps it), and fast small
-/// allocations on the hot path.
+/// jemalloc: size-segregated pages, returned to the OS by a background thread once unused, so
+/// the memory of clients that left or were parked goes back (glibc's heap keeps it), and fast
+/// small allocations on the hot path. Left out when built without the `jemalloc` feature.
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
