@@ -97,7 +97,7 @@ pub async fn serve(
         .peer_addr()
         .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
     let admission = app.admit_console(DATABASES[0], user);
-    let info = app.register_client(peer, conn.stream().local_addr(), "", admission);
+    let info = app.register_client(peer, conn.stream(), "", admission);
     let _listed = Listed(app, info.id);
     welcome(conn.out());
     conn.flush().await?;

@@ -308,7 +308,8 @@ fn clients(ctx: &mut Ctx<'_>, app: &App) {
     let mut t = Table::new(&mut ctx.out, SOCKETS);
     for c in list {
         let server = c.server.load(Ordering::Relaxed);
-        let (local_addr, local_port) = local_end(c.local_addr, c.addr.port());
+        let addr = c.addr();
+        let (local_addr, local_port) = local_end(c.local_addr(), addr.port());
         let state = c.state();
         let since = c.wait_start_us.load(Ordering::Relaxed);
         let wait = if state == ClientState::Waiting && since > 0 {
@@ -323,9 +324,9 @@ fn clients(ctx: &mut Ctx<'_>, app: &App) {
             "none",
             state.as_str(),
             // A Unix-socket client has no local address: "unix" and the port, as PgBouncer.
-            c.local_addr
-                .map_or_else(|| "unix".to_owned(), |_| c.addr.ip().to_string()),
-            c.addr.port(),
+            c.local_addr()
+                .map_or_else(|| "unix".to_owned(), |_| addr.ip().to_string()),
+            addr.port(),
             Some(local_addr),
             local_port,
             timestamp(c.connect_time_us),
@@ -336,7 +337,7 @@ fn clients(ctx: &mut Ctx<'_>, app: &App) {
             format!("c{}", c.id),
             (server != 0).then(|| format!("s{server}")),
             0,
-            c.tls.get().map_or("", |t| &**t),
+            c.tls.as_deref().unwrap_or(""),
             c.application_name.lock().clone(),
             c.prepared_statements.load(Ordering::Relaxed),
             c.id,

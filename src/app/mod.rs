@@ -382,18 +382,18 @@ impl App {
     pub fn register_client(
         &self,
         addr: SocketAddr,
-        local_addr: Option<SocketAddr>,
+        stream: &crate::net::Stream,
         application_name: &str,
         mut admission: Admission,
     ) -> Arc<ClientInfo> {
         let id = self.next_client_id.fetch_add(1, Ordering::Relaxed);
         let info = Arc::new(ClientInfo::new(
             id,
-            addr,
-            local_addr,
+            (addr, stream.local_addr()),
             &admission.user,
             &admission.db,
             application_name,
+            stream.tls_description(),
         ));
         self.client_list.insert(id, info.clone());
         admission.app = None; // the place is the listed client's now

@@ -6,7 +6,7 @@
 use crate::clock::Tick;
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use tokio::sync::Notify;
@@ -47,12 +47,48 @@ pub fn now_us() -> u64 {
     Tick::now().wall_us()
 }
 
-/// One logged-in client, as the console shows it.
+/// A connection end as SHOW CLIENTS and the logs show it, IP and port, in 20 bytes (a
+/// `SocketAddr` takes 32; an IPv6 address's flow label and scope id are not kept). Every
+/// logged-in client, idle or parked, holds two in its [`ClientInfo`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShortAddr {
+    ip: [u8; 16],
+    port: u16,
+    v6: bool,
+}
+
+impl From<SocketAddr> for ShortAddr {
+    fn from(a: SocketAddr) -> Self {
+        let (ip, v6) = match a.ip() {
+            IpAddr::V4(v4) => (v4.to_ipv6_mapped().octets(), false),
+            IpAddr::V6(v6) => (v6.octets(), true),
+        };
+        ShortAddr {
+            ip,
+            port: a.port(),
+            v6,
+        }
+    }
+}
+
+impl From<ShortAddr> for SocketAddr {
+    fn from(a: ShortAddr) -> Self {
+        let v6 = Ipv6Addr::from(a.ip);
+        let ip = match (a.v6, v6.to_ipv4_mapped()) {
+            (false, Some(v4)) => IpAddr::V4(v4),
+            _ => IpAddr::V6(v6),
+        };
+        SocketAddr::new(ip, a.port)
+    }
+}
+
+/// One logged-in client, as the console shows it. Parked clients keep theirs, so its size is
+/// most of what an idle client costs (`client_info_stays_small`).
 #[derive(Debug)]
 pub struct ClientInfo {
     pub id: u64,
-    pub addr: SocketAddr,
-    pub local_addr: Option<SocketAddr>,
+    addr: ShortAddr,
+    local_addr: Option<ShortAddr>,
     pub user: Box<str>,
     pub database: Box<str>,
     pub connect_time_us: u64,
@@ -67,8 +103,8 @@ pub struct ClientInfo {
     pub prepared_statements: AtomicU32,
     state: AtomicU8,
     pub application_name: Mutex<String>,
-    /// Protocol and cipher when the client uses TLS (SHOW CLIENTS `tls`), set after login.
-    pub tls: std::sync::OnceLock<Box<str>>,
+    /// Protocol and cipher when the client uses TLS (SHOW CLIENTS `tls`).
+    pub tls: Option<Box<str>>,
     /// Tells the client's task to disconnect (KILL, KILL_CLIENT, removed database) or to look
     /// at the shutdown state.
     pub kill: ClientSignal,
@@ -235,17 +271,17 @@ impl ClientSignal {
 impl ClientInfo {
     pub fn new(
         id: u64,
-        addr: SocketAddr,
-        local_addr: Option<SocketAddr>,
+        (addr, local_addr): (SocketAddr, Option<SocketAddr>),
         user: &str,
         database: &str,
         application_name: &str,
+        tls: Option<String>,
     ) -> Self {
         let now = now_us();
         ClientInfo {
             id,
-            addr,
-            local_addr,
+            addr: addr.into(),
+            local_addr: local_addr.map(ShortAddr::from),
             user: user.into(),
             database: database.into(),
             connect_time_us: now,
@@ -256,9 +292,19 @@ impl ClientInfo {
             server: AtomicU64::new(0),
             prepared_statements: AtomicU32::new(0),
             application_name: Mutex::new(application_name.to_owned()),
-            tls: std::sync::OnceLock::new(),
+            tls: tls.map(String::into_boxed_str),
             kill: ClientSignal::default(),
         }
+    }
+
+    /// The client's address (for a Unix-socket client, what its listener reported).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr.into()
+    }
+
+    /// pgferry's end of the connection; `None` on a Unix socket.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr.map(SocketAddr::from)
     }
 
     pub fn state(&self) -> ClientState {
@@ -447,5 +493,33 @@ mod tally_tests {
         }
         assert_eq!(t.counts("shop", "app"), (0, 0));
         assert!(t.counts.lock().db.is_empty() && t.counts.lock().user.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod client_info_tests {
+    use super::*;
+
+    #[test]
+    fn short_addr_keeps_ip_and_port() {
+        for s in [
+            "10.1.2.3:5432",
+            "[2001:db8::7]:6432",
+            "[::ffff:10.1.2.3]:1",
+            "0.0.0.0:0",
+            "[::1]:65535",
+        ] {
+            let a: SocketAddr = s.parse().unwrap();
+            assert_eq!(SocketAddr::from(ShortAddr::from(a)), a, "{s}");
+        }
+    }
+
+    #[test]
+    fn client_info_stays_small() {
+        // Every idle client, parked or not, holds one in an Arc (two 8-byte counters):
+        // 224 bytes is the allocator's size class it has to fit (the next is 256).
+        let size = std::mem::size_of::<ClientInfo>();
+        assert!(size + 16 <= 224, "ClientInfo is {size} bytes");
+        assert_eq!(std::mem::size_of::<Option<ShortAddr>>(), 20);
     }
 }

@@ -97,7 +97,7 @@ pub(crate) fn resume_conn(
                 return;
             }
         };
-        let peer = session.info().addr;
+        let peer = session.info().addr();
         let result = session::resume(&app, &mut conn, session).await;
         if let Some(parked) = ended(&peer, result) {
             return park::park(&app, conn, parked, guard);

@@ -26,6 +26,8 @@ pub struct ClientParams {
     /// Shared with other clients that want the same ([`ClientParams::share`]); copied on
     /// write.
     wanted: ParamSet,
+    /// track_extra_parameters beyond [`TRACKED`], lowercase (none by default: its default,
+    /// IntervalStyle, is tracked anyway, and an empty list costs an idle client nothing).
     extra_tracked: Box<[String]>,
 }
 
@@ -42,6 +44,7 @@ impl ClientParams {
             extra_tracked: extra_tracked
                 .iter()
                 .map(|s| s.to_ascii_lowercase())
+                .filter(|s| !TRACKED.contains(&s.as_str()))
                 .collect(),
         };
         for (k, v) in welcome {

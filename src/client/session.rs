@@ -305,13 +305,10 @@ pub async fn run(
     } = unbox(login);
     let info = app.register_client(
         peer,
-        client.stream().local_addr(),
+        client.stream(),
         params.get("application_name").unwrap_or(""),
         admission,
     );
-    if let Some(tls) = client.stream().tls_description() {
-        let _ = info.tls.set(tls.into());
-    }
     let mode = pool.settings().mode;
     let mut s = Session::new(app, client, pool, mode, params, cancel, info);
     s.begin(server).await;
@@ -346,7 +343,7 @@ pub async fn resume(
 fn log_logout(app: &App, info: &ClientInfo, r: &Result<(), ClientError>) {
     if app.config.load().pgferry.log_disconnections {
         let (db, user) = (&info.database, &info.user);
-        tracing::info!(peer = %info.addr, %db, %user, outcome = %match r { Ok(()) => "closed".to_owned(), Err(e) => e.to_string() }, "logout");
+        tracing::info!(peer = %info.addr(), %db, %user, outcome = %match r { Ok(()) => "closed".to_owned(), Err(e) => e.to_string() }, "logout");
     }
 }
 
@@ -1838,7 +1835,7 @@ impl Session<'_> {
             database: self.pool.database.clone(),
             user: self.info.user.to_string(),
             application_name: self.params.get("application_name").unwrap_or("").to_owned(),
-            client_addr: self.info.addr.to_string(),
+            client_addr: self.info.addr().to_string(),
         })
     }
 
