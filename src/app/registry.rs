@@ -82,8 +82,8 @@ impl From<ShortAddr> for SocketAddr {
     }
 }
 
-/// One logged-in client, as the console shows it. Parked clients keep theirs, so its size is
-/// most of what an idle client costs (`client_info_stays_small`).
+/// One logged-in client, as the console shows it. Parked clients keep theirs: it is the
+/// largest part of what an idle client costs (`client_info_stays_small`).
 #[derive(Debug)]
 pub struct ClientInfo {
     pub id: u64,
