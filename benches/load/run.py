@@ -782,16 +782,15 @@ def run_pgbench(env: Env, target: str, w: Workload, duration: int, tag: str, ext
     rec["measured_s"] = (round(rec["processed"] / rec["tps"], 2)
                          if rec["processed"] and rec["tps"] else None)
     # The pooler's own CPU per transaction (logins included), user + system.
-    def per_tx(ticks0, ticks1):
-        if ticks0 is None or ticks1 is None or not rec["processed"]:
+    def per_tx(t0, t1, per_second=os.sysconf("SC_CLK_TCK")):
+        if t0 is None or t1 is None or not rec["processed"]:
             return None
-        return round((ticks1 - ticks0) * 1e6 / os.sysconf("SC_CLK_TCK") / rec["processed"], 1)
+        return round((t1 - t0) * 1e6 / per_second / rec["processed"], 1)
     rec["cpu_us"] = per_tx(cpu0, cpu1)
     # The rest of the machine's CPU per transaction: PostgreSQL (postmaster and backends, also
-    # those that ended during the run) and pgbench itself.
+    # those that ended during the run) and pgbench itself (rusage, in seconds).
     rec["pg_cpu_us"] = per_tx(pg0[0] if pg0 else None, pg1)
-    rec["client_cpu_us"] = (round((client1 - client0) * 1e6 / rec["processed"], 1)
-                            if rec["processed"] else None)
+    rec["client_cpu_us"] = per_tx(client0, client1, per_second=1)
     # pgbench 15 prints the mean per-thread connection time; without it use the wall-clock excess
     conn_s = rec["conn_ms"] / 1000.0 if rec["conn_ms"] is not None else None
     if conn_s is None and rc == 0:

@@ -389,7 +389,8 @@ impl App {
         let id = self.next_client_id.fetch_add(1, Ordering::Relaxed);
         let info = Arc::new(ClientInfo::new(
             id,
-            (addr, stream.local_addr()),
+            addr,
+            stream.local_addr(),
             &admission.user,
             &admission.db,
             application_name,

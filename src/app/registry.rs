@@ -74,8 +74,8 @@ impl From<SocketAddr> for ShortAddr {
 impl From<ShortAddr> for SocketAddr {
     fn from(a: ShortAddr) -> Self {
         let v6 = Ipv6Addr::from(a.ip);
-        let ip = match (a.v6, v6.to_ipv4_mapped()) {
-            (false, Some(v4)) => IpAddr::V4(v4),
+        let ip = match v6.to_ipv4_mapped() {
+            Some(v4) if !a.v6 => IpAddr::V4(v4),
             _ => IpAddr::V6(v6),
         };
         SocketAddr::new(ip, a.port)
@@ -271,7 +271,8 @@ impl ClientSignal {
 impl ClientInfo {
     pub fn new(
         id: u64,
-        (addr, local_addr): (SocketAddr, Option<SocketAddr>),
+        addr: SocketAddr,
+        local_addr: Option<SocketAddr>,
         user: &str,
         database: &str,
         application_name: &str,
