@@ -1557,7 +1557,8 @@ def main(argv=None) -> int:
         if not args.no_build and not args.pgferry_bin:
             build_pgferry()
         tdir = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
-        pgferry_bin = Path(args.pgferry_bin) if args.pgferry_bin else tdir / "dist" / "pgferry"
+        pgferry_bin = (Path(args.pgferry_bin).resolve() if args.pgferry_bin
+                       else tdir / "dist" / "pgferry")
         if not pgferry_bin.exists():
             raise BenchError(f"{pgferry_bin} not found (build it or pass --pgferry-bin)")
     pgbouncer_bin = ensure_pgbouncer(args.pgbouncer_bin) if "pgbouncer" in targets else None
