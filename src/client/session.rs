@@ -455,6 +455,10 @@ impl Session<'_> {
     /// The state kept while parked (the session is dropped right after).
     fn take_parked(&mut self, pid: i32) -> Parked {
         self.add_tally();
+        let now = self.now();
+        if let Some(d) = self.detector.as_mut() {
+            d.settle(now);
+        }
         let extras = (!self.stmts.is_empty()
             || !self.analyses.is_empty()
             || self.bound.is_some()

@@ -8,8 +8,11 @@
 //! A different statement, or a pause longer than `window`, ends the run. The statement just
 //! before the run is its "source". One event per burst; a burst of the same (fingerprint,
 //! kind) within `cooldown` of the previous one is counted but emits no event, log or notice.
-//! Memory: one run (≤ 256 parameter hashes, ≤ `threshold` timestamps) and ≤ 64 cooldowns;
-//! buffers are reused, so the per-statement path does not allocate or lock.
+//! Memory: one run (≤ 256 parameter hashes, ≤ `threshold` timestamps) and ≤ 64 cooldowns.
+//! A finished run's buffers are reused by the next (its parameter table keeps room for at
+//! most 32), so the per-statement path allocates only to grow a long run's table; while a
+//! burst is open each statement updates its event under the event's (uncontended) lock. When the client parks, `settle`
+//! ends a run whose window has passed and lets the spare buffers go.
 
 use super::events::{EventLog, PatternEvent, PatternKind};
 use super::notice::{notice_for, Notice};
@@ -22,6 +25,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 const MAX_PARAMS: usize = 256;
+/// Parameter hashes a finished run's table may keep room for when it is kept for the next
+/// run: a table that grew to `MAX_PARAMS` is ~9 KB, which an idle client should not hold.
+const SPARE_PARAMS: usize = 32;
 const MAX_COOLDOWNS: usize = 64;
 const MAX_THRESHOLD: u32 = 1024;
 
@@ -98,6 +104,31 @@ impl SessionDetector {
     /// The client changed `application_name` (SET or ParameterStatus).
     pub fn set_application_name(&mut self, name: &str) {
         self.ctx.application_name = Arc::from(name);
+    }
+
+    /// The client has gone idle (it is being parked). A run whose window has passed ends now,
+    /// as the client's next statement would end it; buffers kept for the next run and expired
+    /// cooldowns are let go, so an idle client that ran a burst holds no parameter table.
+    /// A run still within its window (`n_plus_one_window` longer than `client_park_delay`)
+    /// is kept as it is: a statement soon after continues it.
+    pub fn settle(&mut self, now: Tick) {
+        if self
+            .run
+            .as_ref()
+            .is_some_and(|r| now.since(r.last) > self.window)
+        {
+            self.close_run();
+        }
+        self.spare = None;
+        self.cooldowns.retain(|c| c.2 > now);
+        self.cooldowns.shrink_to_fit();
+    }
+
+    /// Parameter hashes the detector has room for, in its run and its spare table.
+    #[cfg(test)]
+    pub(crate) fn params_room(&self) -> usize {
+        self.run.as_ref().map_or(0, |r| r.params.capacity())
+            + self.spare.as_ref().map_or(0, |s| s.1.capacity())
     }
 
     /// A statement was sent. `params_hash`: hash of the Bind parameter bytes (extended
@@ -303,6 +334,7 @@ impl SessionDetector {
         }
         run.recent.clear();
         run.params.clear();
+        run.params.shrink_to(SPARE_PARAMS);
         self.spare = Some((run.recent, run.params));
     }
 }

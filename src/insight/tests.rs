@@ -101,6 +101,53 @@ fn slow_lookups_are_not_a_burst() {
 }
 
 #[test]
+fn an_idle_client_lets_a_finished_burst_go() {
+    let (ins, c) = (Insight::new(InsightConfig::default()), SqlCache::default());
+    let mut d = ins.new_session(ctx("a"));
+    let t0 = Tick::now();
+    send(&mut d, &c, t0, LIST);
+    // 300 lookups with distinct ids in 300 ms: the table fills to its 256 hashes.
+    for i in 0..300u64 {
+        send(&mut d, &c, t0 + Duration::from_millis(i + 1), &lookup(i));
+    }
+    assert!(d.params_room() >= 256, "{}", d.params_room());
+    let last = t0 + Duration::from_millis(300);
+
+    // Parked within the window: the run goes on, and the next lookup continues the event.
+    d.settle(last + Duration::from_millis(500));
+    send(
+        &mut d,
+        &c,
+        last + Duration::from_millis(600),
+        &lookup(1_000),
+    );
+    let ev = ins.events();
+    assert_eq!((ev.len(), ev[0].count, ev[0].open), (1, 301, true));
+
+    // Parked after the window: the burst ends then (not at the next statement), with the
+    // same final numbers, and no parameter table is kept.
+    d.settle(last + Duration::from_secs(2));
+    let ev = ins.events();
+    assert_eq!(
+        (ev.len(), ev[0].count, ev[0].distinct_params, ev[0].open),
+        (1, 301, 301, false)
+    );
+    assert_eq!(d.params_room(), 0);
+    assert_eq!(ins.pattern_totals()[0].queries, 301);
+
+    // A run that ends at the next shape keeps a small table for the next run, not its 256.
+    let t1 = last + Duration::from_secs(3);
+    for i in 0..300u64 {
+        send(&mut d, &c, t1 + Duration::from_millis(i), &lookup(i));
+    }
+    send(&mut d, &c, t1 + Duration::from_millis(400), LIST);
+    assert!(d.params_room() <= 64, "{}", d.params_room());
+    // That second burst fell within the first one's cooldown: counted, no second event.
+    assert_eq!(ins.events().len(), 1);
+    assert_eq!(ins.n_plus_one_bursts_total()[0].1, 2);
+}
+
+#[test]
 fn identical_parameters_are_a_duplicate() {
     let (ins, c) = (Insight::new(InsightConfig::default()), SqlCache::default());
     let mut d = ins.new_session(ctx("a"));

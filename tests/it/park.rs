@@ -214,3 +214,38 @@ async fn session_mode_clients_and_zero_delay_are_not_parked() {
     c.simple_query("SELECT 1").await.unwrap();
     d.simple_query("SELECT 1").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_client_ends_its_n_plus_one_burst() {
+    let env = env(PoolMode::Transaction, 2, |c| {
+        parking(c);
+        c.pgferry.n_plus_one_window = 0.1;
+    })
+    .await;
+    let c = env.connect().await;
+    c.simple_query("SELECT id FROM items WHERE qty < 31")
+        .await
+        .unwrap();
+    for id in 1..=30 {
+        c.simple_query(&format!("SELECT name FROM items WHERE id = {id}"))
+            .await
+            .unwrap();
+    }
+    // The client says nothing more. Once it is parked, its burst is over: SHOW N_PLUS_ONE
+    // shows it closed with its final count, without waiting for the client's next statement.
+    assert!(parked(&env, 1).await, "an idle client was not parked");
+    let a = admin(&env).await;
+    let n1 = records(&a, "SHOW N_PLUS_ONE").await;
+    assert_eq!(n1.len(), 1, "{n1:?}");
+    assert_eq!(n1[0].get("state").map(String::as_str), Some("closed"));
+    assert_eq!(n1[0].get("count").map(String::as_str), Some("30"));
+    assert_eq!(n1[0].get("distinct_params").map(String::as_str), Some("30"));
+
+    // It resumes; a statement after the pause starts a new run and leaves the event as it was.
+    c.simple_query("SELECT name FROM items WHERE id = 31")
+        .await
+        .unwrap();
+    let rows = records(&a, "SHOW N_PLUS_ONE").await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].get("count").map(String::as_str), Some("30"));
+}
