@@ -11,8 +11,9 @@
 //! Memory: one run (≤ 256 parameter hashes, ≤ `threshold` timestamps) and ≤ 64 cooldowns.
 //! A finished run's buffers are reused by the next (its parameter table keeps room for at
 //! most 32), so the per-statement path allocates only to grow a long run's table; while a
-//! burst is open each statement updates its event under the event's (uncontended) lock. When the client parks, `settle`
-//! ends a run whose window has passed and lets the spare buffers go.
+//! burst is open each statement updates its event under the event's (uncontended) lock.
+//! When the client parks, `settle` ends a run whose window has passed and lets the spare
+//! buffers go.
 
 use super::events::{EventLog, PatternEvent, PatternKind};
 use super::notice::{notice_for, Notice};
