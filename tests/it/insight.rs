@@ -23,14 +23,7 @@ async fn list_query_then_fifty_lookups_is_one_n_plus_one_event() {
     let env = env(PoolMode::Transaction, 2, |_| {}).await;
     let c = env.connect().await;
     // Simple protocol: literals inline.
-    c.simple_query("SELECT id FROM items WHERE qty < 51")
-        .await
-        .unwrap();
-    for id in 1..=50 {
-        c.simple_query(&format!("SELECT name FROM items WHERE id = {id}"))
-            .await
-            .unwrap();
-    }
+    list_then_lookups(&c, 50).await;
     c.simple_query("SELECT count(*) FROM items").await.unwrap();
     let ev = events_of(&env, PatternKind::NPlusOne);
     assert_eq!(ev.len(), 1, "{ev:#?}");
@@ -235,14 +228,7 @@ async fn console_and_metrics_show_queries_and_bursts() {
     })
     .await;
     let c = env.connect().await;
-    c.simple_query("SELECT id FROM items WHERE qty < 51")
-        .await
-        .unwrap();
-    for id in 1..=50 {
-        c.simple_query(&format!("SELECT name FROM items WHERE id = {id}"))
-            .await
-            .unwrap();
-    }
+    list_then_lookups(&c, 50).await;
     c.simple_query("SELECT 1").await.unwrap();
     let console = connect_url(&format!(
         "host=127.0.0.1 port={} user=admin password=admin-pw dbname=pgbouncer",

@@ -223,14 +223,7 @@ async fn a_parked_client_ends_its_n_plus_one_burst() {
     })
     .await;
     let c = env.connect().await;
-    c.simple_query("SELECT id FROM items WHERE qty < 31")
-        .await
-        .unwrap();
-    for id in 1..=30 {
-        c.simple_query(&format!("SELECT name FROM items WHERE id = {id}"))
-            .await
-            .unwrap();
-    }
+    list_then_lookups(&c, 30).await;
     // The client says nothing more. Once it is parked, its burst is over: SHOW N_PLUS_ONE
     // shows it closed with its final count, without waiting for the client's next statement.
     assert!(parked(&env, 1).await, "an idle client was not parked");

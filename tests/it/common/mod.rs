@@ -287,6 +287,18 @@ pub async fn show(c: &Client, q: &str) -> (Vec<String>, Vec<Vec<Option<String>>>
     (cols, rows)
 }
 
+/// An N+1 loop in the simple protocol: a list query, then `n` lookups by id (1..=n).
+pub async fn list_then_lookups(c: &Client, n: u32) {
+    c.simple_query(&format!("SELECT id FROM items WHERE qty < {}", n + 1))
+        .await
+        .unwrap();
+    for id in 1..=n {
+        c.simple_query(&format!("SELECT name FROM items WHERE id = {id}"))
+            .await
+            .unwrap();
+    }
+}
+
 /// Rows as maps column → value.
 pub async fn records(c: &Client, q: &str) -> Vec<std::collections::HashMap<String, String>> {
     let (cols, rows) = show(c, q).await;
