@@ -55,6 +55,14 @@ struct Run {
     bursts: [Option<Burst>; 2],
 }
 
+impl Run {
+    /// Whether the run is still going at `now`: no pause longer than `window` since its last
+    /// statement (a pause that long ends it).
+    fn goes_on_at(&self, now: Tick, window: Duration) -> bool {
+        now.since(self.last) <= window
+    }
+}
+
 /// Detects N+1 and duplicate bursts for one client connection. Owned by the client task.
 pub struct SessionDetector {
     enabled: bool,
@@ -116,12 +124,12 @@ impl SessionDetector {
         if self
             .run
             .as_ref()
-            .is_some_and(|r| now.since(r.last) > self.window)
+            .is_some_and(|r| !r.goes_on_at(now, self.window))
         {
             self.close_run();
         }
         self.spare = None;
-        self.cooldowns.retain(|c| c.2 > now);
+        expire_cooldowns(&mut self.cooldowns, now);
         self.cooldowns.shrink_to_fit();
     }
 
@@ -145,7 +153,7 @@ impl SessionDetector {
             return None;
         }
         let continues = self.run.as_ref().is_some_and(|r| {
-            r.analysis.fingerprint == a.fingerprint && now.since(r.last) <= self.window
+            r.analysis.fingerprint == a.fingerprint && r.goes_on_at(now, self.window)
         });
         if !continues {
             self.close_run();
@@ -231,7 +239,7 @@ impl SessionDetector {
             logged: false,
             reported: run.count,
         };
-        self.cooldowns.retain(|c| c.2 > now);
+        expire_cooldowns(&mut self.cooldowns, now);
         if self.cooldowns.iter().any(|c| c.0 == fp && c.1 == kind) {
             run.bursts[kind as usize] = Some(burst);
             return None;
@@ -338,6 +346,11 @@ impl SessionDetector {
         run.params.shrink_to(SPARE_PARAMS);
         self.spare = Some((run.recent, run.params));
     }
+}
+
+/// Drops the cooldowns (fingerprint, kind, until) that have run out by `now`.
+fn expire_cooldowns(cooldowns: &mut Vec<(u64, PatternKind, Tick)>, now: Tick) {
+    cooldowns.retain(|c| c.2 > now);
 }
 
 fn update(e: &mut PatternEvent, run: &Run) {
